@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+VENV_PYTHON := $(VENV)/bin/python
+
+.PHONY: run test test-fast venv dev-venv clean
+
+$(VENV_PYTHON):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps record which requirements were installed, so an edit to a requirements file re-installs.
+$(VENV)/.runtime-installed: requirements.txt | $(VENV_PYTHON)
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(VENV_PYTHON)
+	$(VENV_PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.runtime-installed
+dev-venv: $(VENV)/.dev-installed
+
+## Start the mock Rocket.Chat and the relay wired to it; Ctrl-C stops both.
+run: venv
+	VENV_PYTHON=$(VENV_PYTHON) bash scripts/run-demo.sh
+
+## Install everything the tests need and run the whole suite.
+test: dev-venv
+	$(VENV_PYTHON) -m pytest
+
+## The fast tests only (no slow or end-to-end ones).
+test-fast: dev-venv
+	$(VENV_PYTHON) -m pytest -m "not slow and not e2e"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,572 @@
+"""A mock Rocket.Chat incoming-webhook server for tests and demos (spec: rocketchat-contract.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DEFAULT_HOOK_NAMES = ("critical", "warning", "info")
+# Rocket.Chat's API_Enable_Rate_Limiter_Limit_Calls_Default (10) and ..._Time_Default (60000 ms).
+DEFAULT_RATE_LIMIT_COUNT = 10
+DEFAULT_RATE_LIMIT_WINDOW_SECONDS = 60.0
+# Message_MaxAllowedSize: 5000 UTF-16 code units after trimming, top-level text only.
+MAX_TEXT_UTF16_UNITS = 5000
+ATTACHMENT_STRING_KEYS = ("color", "text", "title", "author_name", "pretext")
+ATTACHMENT_URL_KEYS = ("title_link", "author_link", "author_icon", "image_url", "thumb_url", "message_link")
+ALLOWED_URL_PREFIXES = ("http://", "https://", "data:")
+REJECT_MARKER = "MOCK-REJECT"  # stands in for an integration script that refuses the message
+PRINTED_VALUE_MAX_CHARS = 60
+
+HOOK_PATH = re.compile(r"/hooks/(?P<id>[^/]+)/(?:[^/]+/)?(?P<token>[^/]+)")
+# Request log lines contain the URL; the last segment of a hook path is the token.
+TOKEN_IN_LOG = re.compile(r"(/hooks/[^/\s]+/(?:[^/\s]+/)?)[^/\s?\"]+")
+
+ERROR_BAD_TOKEN = "Invalid integration id or token provided."
+ERROR_CHANNEL_OVERRIDE = "overriding destination channel is disabled for this integration"
+ERROR_TEXT_SIZE = "error-message-size-exceeded"
+ERROR_HREF = "Invalid href value provided"
+ERROR_FIELD = "Invalid attachment field, title and value is required"
+ERROR_SCRIPT = "error-running-script"
+
+
+@dataclass
+class Response:
+    """One HTTP answer: status, content type, body bytes and extra headers."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(status: int, payload, headers: dict[str, str] | None = None) -> Response:
+    """Build a JSON response from a dict."""
+    return Response(status, json.dumps(payload).encode(), "application/json", dict(headers or {}))
+
+
+def failure(status: int, error: str, headers: dict[str, str] | None = None) -> Response:
+    """Build Rocket.Chat's `{"success": false, "error": ...}` answer."""
+    return json_response(status, {"success": False, "error": error}, headers)
+
+
+def utf16_length(text: str) -> int:
+    """Length in UTF-16 code units, as JavaScript's String.length counts it."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def validate_attachment(attachment) -> str | None:
+    """Return Rocket.Chat's error text for an invalid attachment, or None."""
+    if not isinstance(attachment, dict):
+        return "Invalid attachment: each attachment must be an object"
+    for key in ATTACHMENT_STRING_KEYS:
+        if key in attachment and not isinstance(attachment[key], str):
+            return f"Invalid attachment: {key} must be a string"
+    if "collapsed" in attachment and not isinstance(attachment["collapsed"], bool):
+        return "Invalid attachment: collapsed must be a boolean"
+    if "ts" in attachment and (isinstance(attachment["ts"], bool) or not isinstance(attachment["ts"], (str, int, float))):
+        return "Invalid attachment: ts must be a string or a number"
+    urls = [attachment[key] for key in ATTACHMENT_URL_KEYS if key in attachment]
+    actions = attachment.get("actions", [])
+    if not isinstance(actions, list) or not all(isinstance(action, dict) for action in actions):
+        return "Invalid attachment: actions must be a list of objects"
+    urls += [action["url"] for action in actions if "url" in action]
+    if any(not isinstance(url, str) or not url.startswith(ALLOWED_URL_PREFIXES) for url in urls):
+        return ERROR_HREF
+    fields = attachment.get("fields", [])
+    if not isinstance(fields, list):
+        return ERROR_FIELD
+    for item in fields:
+        # Stricter than the server, as the contract recommends: the server accepts numbers and booleans
+        # and stringifies them, but senders should send strings (the web client calls string methods).
+        if not isinstance(item, dict) or not all(isinstance(item.get(key), str) and item[key] for key in ("title", "value")):
+            return ERROR_FIELD
+    return None
+
+
+def validate_message(message: dict) -> str | None:
+    """Return the 400 error text Rocket.Chat would answer for this message, or None."""
+    if "channel" in message or "roomId" in message:
+        return ERROR_CHANNEL_OVERRIDE  # "Override destination channel" is off by default
+    text = message.get("text") or message.get("msg")  # msg is an alias of text
+    if isinstance(text, str) and utf16_length(text.strip()) > MAX_TEXT_UTF16_UNITS:
+        return ERROR_TEXT_SIZE
+    attachments = message.get("attachments")
+    if isinstance(attachments, list):  # anything else is dropped by the server, not refused
+        for attachment in attachments:
+            error = validate_attachment(attachment)
+            if error:
+                return error
+    if REJECT_MARKER in json.dumps(message, ensure_ascii=False):
+        return ERROR_SCRIPT
+    return None
+
+
+def parse_hook_body(content_type: str, body: bytes) -> dict | None:
+    """Return the posted message, or None when Rocket.Chat would answer 200 and post nothing."""
+    try:
+        if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+            fields = urllib.parse.parse_qs(body.decode("utf-8"))
+            message = json.loads(fields["payload"][0])  # Slack style: payload=<json>
+        else:
+            message = json.loads(body.decode("utf-8"))
+    except (ValueError, KeyError, UnicodeDecodeError):
+        return None
+    # Trap: an array, a scalar or {} are all answered 200 {"success": true} with nothing posted.
+    return message if isinstance(message, dict) and message else None
+
+
+@dataclass
+class Fault:
+    """An injected answer for a hook's next requests."""
+
+    status: int | None
+    body: object
+    delay_seconds: float
+    remaining_count: int | None
+    expires_at: float | None
+
+    def response(self) -> Response:
+        """Build the injected answer (a string body as text/plain, anything else as JSON)."""
+        if isinstance(self.body, str):
+            return Response(self.status, self.body.encode(), "text/plain; charset=utf-8")
+        payload = self.body if self.body is not None else {"success": False, "error": f"mock fault {self.status}"}
+        return json_response(self.status, payload)
+
+
+@dataclass
+class HookState:
+    """Records and counters of one hook."""
+
+    integration_id: str
+    token: str
+    records: list[dict] = field(default_factory=list)
+    requests: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0
+    disabled: bool = False
+    fault: Fault | None = None
+
+    def reset(self) -> None:
+        """Forget records, counters, the fault and the disabled flag (in place: waiters keep their object)."""
+        self.records.clear()
+        self.statuses.clear()
+        self.requests = self.ignored = 0
+        self.disabled, self.fault = False, None
+
+    def stats(self) -> dict:
+        """Counters as the control API reports them."""
+        return {"requests": self.requests, "statuses": dict(self.statuses), "ignored": self.ignored,
+                "recorded": len(self.records)}
+
+
+def default_hooks() -> dict[str, tuple[str, str]]:
+    """Three hooks, critical/warning/info, with id = name and token = `<name>-token`."""
+    return {name: (name, f"{name}-token") for name in DEFAULT_HOOK_NAMES}
+
+
+class MockRocketChat:
+    """A Rocket.Chat stand-in serving incoming-webhook URLs and a `/_mock/` control API."""
+
+    def __init__(self, hooks: dict[str, tuple[str, str]] | None = None, *, host="127.0.0.1", port=0,
+                 rate_limit_count: int = DEFAULT_RATE_LIMIT_COUNT,
+                 rate_limit_window_seconds: float = DEFAULT_RATE_LIMIT_WINDOW_SECONDS,
+                 legacy_404: bool = False, quiet: bool = True, clock=time.time):
+        hooks = default_hooks() if hooks is None else hooks
+        ids = [integration_id for integration_id, _ in hooks.values()]
+        if not hooks or len(set(ids)) != len(ids):
+            raise ValueError("hooks must be non-empty with distinct integration ids")
+        for name, (integration_id, token) in hooks.items():
+            if not all(part and "/" not in part for part in (name, integration_id, token)):
+                raise ValueError(f"hook {name!r}: name, id and token must be non-empty and contain no '/'")
+        self.host, self.port = host, port
+        self.legacy_404, self.quiet, self.clock = legacy_404, quiet, clock
+        self._hooks = {name: HookState(integration_id, token) for name, (integration_id, token) in hooks.items()}
+        self._lock = threading.RLock()
+        self._recorded = threading.Condition(self._lock)  # notified on every recorded message
+        self._windows: dict[tuple[str, str], list[float]] = {}  # (hook, client ip) -> [start, count]
+        self._unknown_hook_requests = 0
+        self.set_rate_limit(rate_limit_count, rate_limit_window_seconds)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --
+    def start(self) -> "MockRocketChat":
+        """Bind and serve in a daemon thread; connections are accepted as soon as this returns."""
+        # The socket listens once the server is constructed, so a client connecting right away waits in the
+        # backlog until serve_forever picks it up: no readiness sleep needed.
+        self._server = _MockHTTPServer((self.host, self.port), _MockRequestHandler)
+        self._server.mock = self
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="mock-rocketchat", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close the socket and join the server thread."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = self._thread = None
+
+    def __enter__(self) -> "MockRocketChat":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """`http://host:port` of the running server."""
+        if self._server is None:
+            raise RuntimeError("MockRocketChat is not started")
+        return f"http://{self.host}:{self.port}"
+
+    def hook_url(self, name: str) -> str:
+        """The full incoming-webhook URL of a hook, token included."""
+        state = self._state(name)
+        return f"{self.base_url}/hooks/{state.integration_id}/{state.token}"
+
+    @property
+    def hook_names(self) -> list[str]:
+        """Names of the configured hooks."""
+        return list(self._hooks)
+
+    # -- inspection and control --
+    def _state(self, name: str) -> HookState:
+        if name not in self._hooks:
+            raise KeyError(f"unknown hook {name!r}; known: {', '.join(self._hooks)}")
+        return self._hooks[name]
+
+    def messages(self, name: str) -> list[dict]:
+        """Copies of the records of a hook's posted messages."""
+        with self._lock:
+            return json.loads(json.dumps(self._state(name).records))
+
+    def stats(self, name: str) -> dict:
+        """Counters of a hook: requests, statuses, ignored trap bodies, recorded messages."""
+        with self._lock:
+            return self._state(name).stats()
+
+    def wait_for_messages(self, name: str, count: int, timeout_seconds: float = 10.0) -> list[dict]:
+        """Block until a hook has at least `count` records; raise AssertionError on timeout."""
+        with self._recorded:
+            state = self._state(name)
+            if not self._recorded.wait_for(lambda: len(state.records) >= count, timeout_seconds):
+                texts = [record["message"].get("text") for record in state.records]
+                raise AssertionError(f"hook {name!r}: expected {count} message(s) within {timeout_seconds} s, "
+                                     f"got {len(state.records)}: {texts!r}")
+            return self.messages(name)
+
+    def set_fault(self, name, *, status=None, body=None, delay_seconds=0.0, count=None, seconds=None) -> None:
+        """Answer the hook's next `count` requests (or those for `seconds`) with `status`/`body` after a delay."""
+        if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599):
+            raise ValueError("status must be an HTTP status code")
+        if body is not None and not isinstance(body, (str, dict, list)):
+            raise ValueError("body must be a string or a JSON object")
+        if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, (int, float)) or delay_seconds < 0:
+            raise ValueError("delay_seconds must be a number >= 0")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise ValueError("count must be an integer >= 1")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
+            raise ValueError("seconds must be a number > 0")
+        with self._lock:
+            expires_at = None if seconds is None else self.clock() + seconds
+            self._state(name).fault = Fault(status, body, float(delay_seconds), count, expires_at)
+
+    def clear_faults(self, name=None) -> None:
+        """Remove the fault of one hook, or of all hooks."""
+        with self._lock:
+            for state in [self._state(name)] if name is not None else self._hooks.values():
+                state.fault = None
+
+    def set_disabled(self, name, disabled=True) -> None:
+        """Mark a hook disabled (503) or enabled."""
+        with self._lock:
+            self._state(name).disabled = bool(disabled)
+
+    def set_rate_limit(self, count, window_seconds=DEFAULT_RATE_LIMIT_WINDOW_SECONDS) -> None:
+        """Allow `count` requests per window per hook and client IP; count 0 switches the limiter off."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError("rate limit count must be an integer >= 0")
+        if isinstance(window_seconds, bool) or not isinstance(window_seconds, (int, float)) or window_seconds <= 0:
+            raise ValueError("rate limit window_seconds must be a number > 0")
+        with self._lock:
+            self.rate_limit_count, self.rate_limit_window_seconds = count, float(window_seconds)
+            self._windows.clear()
+
+    def clear_messages(self) -> None:
+        """Forget recorded messages, keep counters."""
+        with self._lock:
+            for state in self._hooks.values():
+                state.records.clear()
+
+    def reset(self) -> None:
+        """Forget records, counters, limiter windows, faults and disabled flags."""
+        with self._lock:
+            for state in self._hooks.values():
+                state.reset()
+            self._windows.clear()
+            self._unknown_hook_requests = 0
+
+    # -- the webhook endpoint --
+    def _count_in_window(self, hook_name: str, client_ip: str) -> tuple[int, dict[str, str]]:
+        """Count a request in its fixed window; return seconds to wait (0 if allowed) and the limit headers."""
+        if self.rate_limit_count == 0:
+            return 0, {}
+        now = self.clock()
+        window = self._windows.get((hook_name, client_ip))
+        if window is None or now >= window[0] + self.rate_limit_window_seconds:
+            # Meteor's RateLimiter: a window opens with the first request after the previous one expired.
+            window = self._windows[(hook_name, client_ip)] = [now, 0]
+        window[1] += 1  # incremented before any other check: refused and failed requests spend budget too
+        reset_at = window[0] + self.rate_limit_window_seconds
+        headers = {"X-RateLimit-Limit": str(self.rate_limit_count),
+                   "X-RateLimit-Remaining": str(max(0, self.rate_limit_count - window[1])),
+                   "X-RateLimit-Reset": str(int(reset_at * 1000))}  # epoch milliseconds; no Retry-After
+        wait_seconds = max(1, math.ceil(reset_at - now)) if window[1] > self.rate_limit_count else 0
+        return wait_seconds, headers
+
+    def _answer(self, state: HookState, response: Response, limit_headers: dict[str, str]) -> Response:
+        with self._lock:
+            state.statuses[str(response.status)] = state.statuses.get(str(response.status), 0) + 1
+        response.headers.update(limit_headers)
+        return response
+
+    def handle_hook_request(self, method: str, path: str, content_type: str, body: bytes, client_ip: str) -> Response:
+        """Answer a GET/POST to a hook URL the way Rocket.Chat does: token, rate limit, disabled, the rest."""
+        match = HOOK_PATH.fullmatch(path)
+        integration_id, token = (urllib.parse.unquote(match[key]) for key in ("id", "token"))
+        bad_token = (failure(404, ERROR_BAD_TOKEN) if self.legacy_404 else
+                     Response(500, b"Internal Server Error", "text/plain; charset=utf-8"))  # current servers' bug
+        with self._lock:
+            name = next((n for n, s in self._hooks.items() if s.integration_id == integration_id), None)
+            if name is None:
+                self._unknown_hook_requests += 1
+                return bad_token
+            state = self._hooks[name]
+            state.requests += 1
+            if token != state.token:
+                return self._answer(state, bad_token, {})
+            wait_seconds, limit_headers = self._count_in_window(name, client_ip)
+            if wait_seconds:
+                return self._answer(state, failure(429, (
+                    "Error, too many requests. Please slow down. You must wait "
+                    f"{wait_seconds} seconds before trying this endpoint again. [error-too-many-requests]")),
+                    limit_headers)
+            if state.disabled:
+                return self._answer(state, failure(503, "Service Unavailable"), limit_headers)
+            fault = state.fault
+            if fault is not None and fault.expires_at is not None and self.clock() >= fault.expires_at:
+                fault = state.fault = None
+            if fault is not None and fault.remaining_count is not None:
+                fault.remaining_count -= 1
+                if fault.remaining_count == 0:
+                    state.fault = None
+        if fault is not None:
+            time.sleep(fault.delay_seconds)  # outside the lock: other requests go on meanwhile
+            if fault.status is not None:
+                return self._answer(state, fault.response(), limit_headers)
+        success = json_response(200, {"success": True})
+        if method == "GET":
+            return self._answer(state, success, limit_headers)
+        message = parse_hook_body(content_type, body)
+        if message is None:
+            with self._lock:
+                state.ignored += 1
+            return self._answer(state, success, limit_headers)
+        error = validate_message(message)
+        if error:
+            return self._answer(state, failure(400, error), limit_headers)
+        with self._recorded:
+            state.records.append({"hook": name, "message": message, "received_at": self.clock(), "client": client_ip})
+            self._recorded.notify_all()
+        if not self.quiet:
+            print(describe_message(name, message), flush=True)
+        return self._answer(state, success, limit_headers)
+
+    # -- the control API --
+    def handle_control_request(self, method: str, path: str, body: bytes) -> Response:
+        """Answer a request under /_mock/."""
+        try:
+            params = json.loads(body.decode("utf-8")) if body.strip() else {}
+            if not isinstance(params, dict):
+                raise ValueError("the request body must be a JSON object")
+            for route_method, pattern, action in self._control_routes():
+                match = re.fullmatch(pattern, path)
+                if match and method == route_method:
+                    return json_response(200, action(params, *match.groups()))
+        except KeyError as error:
+            return json_response(404, {"error": str(error.args[0])})
+        except (ValueError, TypeError, UnicodeDecodeError) as error:
+            return json_response(400, {"error": str(error)})
+        return json_response(404, {"error": f"no route {method} {path}"})
+
+    def _control_routes(self):
+        ok = {"success": True}
+
+        def all_stats(params):
+            with self._lock:
+                return {"hooks": {name: state.stats() for name, state in self._hooks.items()},
+                        "unknown_hook_requests": self._unknown_hook_requests}
+
+        def set_fault(params, name):
+            self._state(name)  # 404 before 400 for an unknown hook
+            allowed = {"status", "body", "delay_seconds", "count", "seconds"}
+            if set(params) - allowed:
+                raise ValueError(f"unknown fault keys: {sorted(set(params) - allowed)}")
+            self.set_fault(name, **params)
+            return ok
+
+        def set_disabled(params, name):
+            if not isinstance(params.get("disabled"), bool):
+                raise ValueError('expected {"disabled": true|false}')
+            self.set_disabled(name, params["disabled"])
+            return ok
+
+        return [
+            ("GET", r"/_mock/health", lambda params: {"status": "ok"}),
+            ("GET", r"/_mock/messages", lambda params: {"hooks": {name: self.messages(name) for name in self._hooks}}),
+            ("GET", r"/_mock/messages/([^/]+)", lambda params, name: {"hook": name, "messages": self.messages(name)}),
+            ("DELETE", r"/_mock/messages", lambda params: self.clear_messages() or ok),
+            ("GET", r"/_mock/stats", all_stats),
+            ("POST", r"/_mock/reset", lambda params: self.reset() or ok),
+            ("POST", r"/_mock/faults/([^/]+)", set_fault),
+            ("DELETE", r"/_mock/faults/([^/]+)", lambda params, name: self.clear_faults(name) or ok),
+            ("POST", r"/_mock/hooks/([^/]+)/disabled", set_disabled),
+            ("POST", r"/_mock/rate-limit", lambda params: self.set_rate_limit(
+                params.get("limit"), params.get("window_seconds", self.rate_limit_window_seconds)) or ok),
+        ]
+
+
+def describe_message(hook_name: str, message: dict) -> str:
+    """A readable summary of a posted message: hook, text, one line per attachment."""
+    def short(value) -> str:
+        text = " ".join(str(value).split())
+        return text if len(text) <= PRINTED_VALUE_MAX_CHARS else text[:PRINTED_VALUE_MAX_CHARS - 1] + "…"
+
+    lines = [f"[{hook_name}] {message.get('text') or message.get('msg') or ''}"]
+    attachments = message.get("attachments")
+    for attachment in attachments if isinstance(attachments, list) else []:
+        fields = "; ".join(f"{short(item.get('title'))}: {short(item.get('value'))}" for item in attachment.get("fields", []))
+        lines.append(f"  - color={attachment.get('color', '')} title={short(attachment.get('title', ''))} | {fields}")
+    return "\n".join(lines)
+
+
+class _MockHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    mock: MockRocketChat
+
+
+class _MockRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every response carries Content-Length
+    disable_nagle_algorithm = True  # headers and body are written separately: avoid ~40 ms stalls per request
+    server: _MockHTTPServer
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_DELETE = do_PUT = do_GET
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _dispatch(self) -> None:
+        mock = self.server.mock
+        body = self._read_body()
+        path = urllib.parse.urlsplit(self.path).path
+        if path.startswith("/_mock/"):
+            response = mock.handle_control_request(self.command, path, body)
+        elif HOOK_PATH.fullmatch(path) and self.command in ("GET", "POST"):
+            response = mock.handle_hook_request(self.command, path, self.headers.get("Content-Type", ""),
+                                                body, self.client_address[0])
+        else:
+            response = json_response(404, {"success": False, "error": f"no route {self.command} {path}"})
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(response.body)
+
+    def date_time_string(self, timestamp=None) -> str:
+        # The Date header follows the mock's clock so X-RateLimit-Reset can be read against it.
+        return super().date_time_string(self.server.mock.clock() if timestamp is None else timestamp)
+
+    def log_message(self, format, *args) -> None:
+        if not self.server.mock.quiet:
+            sys.stderr.write(TOKEN_IN_LOG.sub(r"\1***", f"{self.address_string()} - {format % args}") + "\n")
+
+
+def parse_rate_limit(text: str) -> tuple[int, float]:
+    """Parse `<count>/<seconds>s` (e.g. `10/60s`, `10/0.5s`) or `off`/`0` into (count, window_seconds)."""
+    if text.strip().lower() in ("off", "0"):
+        return 0, DEFAULT_RATE_LIMIT_WINDOW_SECONDS
+    match = re.fullmatch(r"(\d+)/(\d+(?:\.\d+)?|\.\d+)s", text.strip())
+    if not match or float(match[2]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected <count>/<seconds>s (e.g. 10/60s) or off, got {text!r}")
+    return int(match[1]), float(match[2])
+
+
+def parse_hook(text: str) -> tuple[str, tuple[str, str]]:
+    """Parse `NAME=ID/TOKEN` into (name, (id, token))."""
+    match = re.fullmatch(r"([^=/\s]+)=([^/\s]+)/([^/\s]+)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected NAME=ID/TOKEN, got {text!r}")
+    return match[1], (match[2], match[3])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description="Mock Rocket.Chat incoming webhooks for tests and demos.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9999)
+    parser.add_argument("--hook", dest="hooks", action="append", type=parse_hook, metavar="NAME=ID/TOKEN",
+                        help="a hook (repeatable); default: critical, warning, info with token <name>-token")
+    parser.add_argument("--rate-limit", type=parse_rate_limit, default=(10, 60.0), metavar="N/Ss|off",
+                        help="requests per window per hook and client IP (default 10/60s, as Rocket.Chat)")
+    parser.add_argument("--legacy-404", action="store_true",
+                        help="answer a bad token 404 JSON like Rocket.Chat 6.x instead of 500 text")
+    parser.add_argument("--quiet", action="store_true", help="do not print posted messages or requests")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the mock in the foreground until SIGINT or SIGTERM."""
+    args = parse_args(argv)
+    mock = MockRocketChat(dict(args.hooks) if args.hooks else None, host=args.host, port=args.port,
+                          rate_limit_count=args.rate_limit[0], rate_limit_window_seconds=args.rate_limit[1],
+                          legacy_404=args.legacy_404, quiet=args.quiet)
+    stop_requested = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stop_requested.set())
+    try:
+        mock.start()
+    except OSError as error:
+        sys.exit(f"mock_server: cannot listen on {args.host}:{args.port}: {error}")
+    hooks = " ".join(f"{name}={mock.hook_url(name)}" for name in mock.hook_names)
+    print(f"mock Rocket.Chat on {mock.base_url} hooks: {hooks}", flush=True)
+    stop_requested.wait()
+    mock.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The Flask app factory: routes only translate HTTP to the core and back."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from typing import Mapping
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from . import __version__
+from .client import RocketChatClient
+from .config import Config, describe_config, load_config
+from .delivery import Deliverer, answer_status
+from .formatting import classify_severity
+from .logs import configure_logging, quiet_library_loggers
+from .model import FIRING, Notification, PayloadError
+from .payload import parse_notification
+from .redact import Redactor
+from .routing import format_options, plan_messages
+
+logger = logging.getLogger("rcwebhook")
+alert_logger = logging.getLogger("rcwebhook.alerts")
+
+SERVICE_NAME = "rocketchat-webhook-adapter"
+JSON_HINT = (
+    "send the Alertmanager webhook payload as a JSON object, e.g. "
+    "curl -X POST http://<relay>:8093/webhook -H 'Content-Type: application/json' -d @test-alert.json"
+)
+ALERT_LOG_LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING}
+LOG_SUMMARY_MAX_CHARS = 200
+
+
+def json_response(document: dict, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON answer built from a dict."""
+    return Response(
+        json.dumps(document, ensure_ascii=False), status=status, headers=headers, mimetype="application/json"
+    )
+
+
+def error_response(status: int, error: str, headers: Mapping[str, str] | None = None, **extra) -> Response:
+    return json_response({"status": "error", "error": error, **extra}, status, headers)
+
+
+def _presented_token() -> str:
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("X-API-Key", "").strip()
+
+
+def token_accepted(expected_token: str) -> bool:
+    """Constant-time check of the bearer token or X-API-Key against WEBHOOK_TOKEN."""
+    return hmac.compare_digest(_presented_token().encode("utf-8"), expected_token.encode("utf-8"))
+
+
+def decode_json_body(body: bytes) -> object:
+    """The body as JSON whatever the Content-Type says (curl -d sends form encoding); ValueError when it is not."""
+    if not body.strip():
+        raise ValueError("the body is empty")
+    try:
+        text = body.decode("utf-8-sig")  # tolerates a byte-order mark some editors write
+    except UnicodeDecodeError as error:
+        raise ValueError(f"the body is not UTF-8 (byte {error.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except RecursionError:
+        raise ValueError("the body is nested too deeply to be an Alertmanager payload") from None
+
+
+def log_alerts(notification: Notification, severity_label: str) -> None:
+    """One line per alert, at a level that follows its severity, so the log alone tells what fired."""
+    for alert in notification.alerts:
+        severity = classify_severity(alert.labels, severity_label)
+        level = ALERT_LOG_LEVEL.get(severity, logging.INFO) if alert.status == FIRING else logging.INFO
+        lowered = {key.lower(): value for key, value in alert.annotations.items()}
+        summary = lowered.get("summary") or lowered.get("description") or lowered.get("message") or ""
+        instance = alert.labels.get("instance", "")
+        alert_logger.log(
+            level,
+            "[ALERT %s] %s (%s)%s%s",
+            alert.status.upper(),
+            alert.labels.get("alertname", "(no alertname)")[:LOG_SUMMARY_MAX_CHARS],
+            alert.labels.get(severity_label, "no severity")[:LOG_SUMMARY_MAX_CHARS],
+            f" instance={instance[:LOG_SUMMARY_MAX_CHARS]}" if instance else "",
+            f": {summary[:LOG_SUMMARY_MAX_CHARS]}" if summary else "",
+        )
+    for skipped in notification.skipped:
+        logger.error("unusable alert skipped: alerts[%d] %s", skipped.index, skipped.reason)
+
+
+def create_app(
+    environ: Mapping[str, str] | None = None,
+    *,
+    client: RocketChatClient | None = None,
+    setup_logging: bool | None = None,
+) -> Flask:
+    """Build the relay; with no mapping it reads .env and the environment and sets up logging."""
+    if environ is None:
+        from dotenv import load_dotenv
+
+        load_dotenv(override=False)  # the real environment wins over .env
+        environ = os.environ
+        setup_logging = True if setup_logging is None else setup_logging
+    config = load_config(environ)
+    redactor = Redactor(config.secrets)
+    if setup_logging:
+        configure_logging(config, redactor)
+    quiet_library_loggers()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes  # bounds reading a body sent without a length
+    app.extensions["rcwebhook.config"] = config
+    owned_client = client or RocketChatClient(redactor)
+    deliverer = Deliverer(owned_client, deadline_seconds=config.delivery_deadline_seconds)
+    app.extensions["rcwebhook.deliverer"] = deliverer
+    options = format_options(config)
+
+    for line in describe_config(config):
+        logger.info("%s", line)
+    if not config.webhook_token:
+        logger.warning("WEBHOOK_TOKEN is not set: POST /webhook is open to anyone who can reach this port")
+
+    @app.post("/webhook")
+    def receive_webhook() -> Response:
+        if config.webhook_token and not token_accepted(config.webhook_token):
+            return error_response(
+                401,
+                "missing or wrong token: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
+                {"WWW-Authenticate": 'Bearer realm="rocketchat-webhook"'},
+            )
+        if request.content_length is not None and request.content_length > config.max_body_bytes:
+            return too_large()
+        body = request.get_data(cache=False)
+        try:
+            document = decode_json_body(body)
+        except ValueError as error:
+            return error_response(400, str(error), hint=JSON_HINT)
+        try:
+            notification = parse_notification(document)
+        except PayloadError as error:
+            extra = {"detail": [problem.as_dict() for problem in error.problems]} if error.problems else {}
+            if error.status == 400:
+                extra["hint"] = JSON_HINT
+            return error_response(error.status, error.message, **extra)
+        log_alerts(notification, config.severity_label)
+        planned = plan_messages(notification, config, options)
+        reports = deliverer.deliver(planned)
+        status, retry_after_seconds = answer_status(reports)
+        answer = {
+            "status": "ok" if status == 200 else "error",
+            "processed": len(notification.alerts),
+            "alerts": [alert.labels.get("alertname", "") for alert in notification.alerts],
+            "messages": len(planned),
+            "skipped": len(notification.skipped),
+        }
+        if any(report.state != "delivered" for report in reports):
+            answer["destinations"] = [report.as_dict() for report in reports]
+        if status != 200:
+            answer["error"] = "not every alert reached Rocket.Chat" + (
+                "; retry later" if status == 503 else "; see destinations and the relay's log"
+            )
+        headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else None
+        return json_response(answer, status, headers)
+
+    @app.get("/health")
+    def health() -> Response:
+        return json_response({"service": SERVICE_NAME, "status": "healthy", "version": __version__})
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_error: Exception | None = None) -> Response:
+        logger.error("refused a body larger than MAX_BODY_BYTES=%d", config.max_body_bytes)
+        return error_response(
+            413,
+            f"the body is larger than {config.max_body_bytes} bytes (MAX_BODY_BYTES); "
+            "lower max_alerts in Alertmanager's receiver or raise MAX_BODY_BYTES",
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
+        return error_response(error.code or 500, error.description or error.name, headers)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception) -> Response:
+        # A bug of ours: logged with its traceback (redacted), answered 500 so Alertmanager retries, no traceback out.
+        logger.exception("internal error while handling %s %s", request.method, request.path)
+        return error_response(500, "internal error in the relay; see its log")
+
+    return app

@@ -1,0 +1,226 @@
+"""One validated, frozen configuration object built from a mapping (os.environ in production, a dict in tests)."""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .model import SEVERITIES, UNKNOWN_SEVERITY
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 8093
+# Below Alertmanager's shortest flush deadline, max(group_interval, 10 s): the relay answers before Alertmanager
+# cancels the attempt, so it never gives up on a request we are still working on.
+DEFAULT_DELIVERY_DEADLINE_SECONDS = 8.0
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+DEFAULT_SEVERITY_LABEL = "severity"
+
+WEBHOOK_VARIABLE = {
+    "critical": "ROCKETCHAT_WEBHOOK_CRITICAL",
+    "warning": "ROCKETCHAT_WEBHOOK_WARNING",
+    "info": "ROCKETCHAT_WEBHOOK_INFO",
+}
+DEFAULT_WEBHOOK_VARIABLE = "ROCKETCHAT_WEBHOOK_DEFAULT"
+MENTION_VARIABLE = {
+    "critical": "ROCKETCHAT_MENTION_CRITICAL",
+    "warning": "ROCKETCHAT_MENTION_WARNING",
+    "info": "ROCKETCHAT_MENTION_INFO",
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the variable and never repeats a secret value."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A Rocket.Chat incoming-webhook URL and the name logs and answers use for it (never the URL)."""
+
+    name: str  # the severities that post here, e.g. "critical" or "warning+info"
+    url: str = field(repr=False)  # holds the hook's secret token
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the relay reads from its environment, validated once at start-up."""
+
+    routes: Mapping[str, Destination]  # every key of SEVERITIES plus UNKNOWN_SEVERITY
+    severity_label: str = DEFAULT_SEVERITY_LABEL
+    webhook_token: str = field(default="", repr=False)
+    mentions: Mapping[str, str] = field(default_factory=dict)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    log_level: str = "INFO"
+    log_file: str = ""
+    alias: str = ""
+    emoji: str = ""
+    avatar_url: str = ""
+    delivery_deadline_seconds: float = DEFAULT_DELIVERY_DEADLINE_SECONDS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    @property
+    def destinations(self) -> tuple[Destination, ...]:
+        """Each distinct hook once, in severity order."""
+        unique: dict[str, Destination] = {}
+        for destination in self.routes.values():
+            unique.setdefault(destination.url, destination)
+        return tuple(unique.values())
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in a log line, an answer or an error."""
+        values = [self.webhook_token]
+        for destination in self.destinations:
+            values.extend(secret_parts_of_url(destination.url))
+        return tuple(sorted({value for value in values if value}, key=len, reverse=True))
+
+
+def secret_parts_of_url(url: str) -> list[str]:
+    """The URL itself and the pieces that grant posting: the path below /hooks/ and each path segment of it."""
+    parsed = urllib.parse.urlsplit(url)
+    parts = [url, parsed.path]
+    segments = [segment for segment in parsed.path.split("/") if segment and segment != "hooks"]
+    # /hooks/<integrationId>/<token>: the token is the last segment; the id alone does not grant posting, but the
+    # pair does, so both are treated as secret. Short segments are skipped so words like "api" are not redacted.
+    parts.extend(segment for segment in segments if len(segment) >= 6)
+    if parsed.password:
+        parts.append(parsed.password)
+    if parsed.query:
+        parts.append(parsed.query)
+    return parts
+
+
+def _read_setting(environ: Mapping[str, str], name: str) -> str:
+    """A variable's value, or the stripped contents of the file named by NAME_FILE."""
+    direct = environ.get(name, "").strip()
+    file_name = environ.get(f"{name}_FILE", "").strip()
+    if direct and file_name:
+        raise ConfigError(f"{name} and {name}_FILE are both set; set only one")
+    if not file_name:
+        return direct
+    try:
+        with open(file_name, encoding="utf-8") as handle:
+            value = handle.read().strip()
+    except OSError as error:
+        raise ConfigError(f"{name}_FILE: cannot read {file_name!r}: {error.strerror}") from None
+    if not value:
+        raise ConfigError(f"{name}_FILE: {file_name!r} is empty")
+    return value
+
+
+def _webhook_url(environ: Mapping[str, str], name: str) -> str:
+    url = _read_setting(environ, name)
+    if not url:
+        return ""
+    parsed = urllib.parse.urlsplit(url)
+    # The value is not repeated in the error: it carries the hook's token.
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"{name} must be an http:// or https:// URL with a host (value not shown: it holds a token)")
+    return url
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, *, integer: bool, minimum: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    if value < minimum or value != value:  # value != value catches NaN
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _port(environ: Mapping[str, str]) -> int:
+    port = int(_number(environ, "PORT", DEFAULT_PORT, integer=True, minimum=0))
+    if port > 65535:
+        raise ConfigError(f"PORT must be at most 65535, got {port}")
+    return port
+
+
+def _routes(environ: Mapping[str, str]) -> dict[str, Destination]:
+    own_urls = {severity: _webhook_url(environ, WEBHOOK_VARIABLE[severity]) for severity in SEVERITIES}
+    default_url = _webhook_url(environ, DEFAULT_WEBHOOK_VARIABLE)
+    url_for = {severity: own_urls[severity] or default_url for severity in SEVERITIES}
+    # Alerts with no or an unknown severity go to the default hook, or to the info hook when there is none.
+    url_for[UNKNOWN_SEVERITY] = default_url or url_for["info"]
+    missing = [WEBHOOK_VARIABLE[severity] for severity in SEVERITIES if not url_for[severity]]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} not set and no {DEFAULT_WEBHOOK_VARIABLE}: "
+            "these severities would have no Rocket.Chat destination"
+        )
+    names_by_url: dict[str, list[str]] = {}
+    for severity in (*SEVERITIES, UNKNOWN_SEVERITY):
+        names_by_url.setdefault(url_for[severity], []).append(severity)
+    names = {}
+    for url, severities in names_by_url.items():
+        known = [severity for severity in severities if severity != UNKNOWN_SEVERITY]
+        # A hook reached only by unknown severities is the default hook.
+        names[url] = "+".join(known) if known else "default"
+    return {severity: Destination(names[url], url) for severity, url in url_for.items()}
+
+
+def _log_level(environ: Mapping[str, str]) -> str:
+    raw = environ.get("LOG_LEVEL", "").strip().upper()
+    if not raw:
+        # The seed's DEBUG=true still means debug logging.
+        return "DEBUG" if environ.get("DEBUG", "").strip().lower() in TRUE_WORDS else "INFO"
+    if raw == "WARN":
+        raw = "WARNING"
+    if raw not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return raw
+
+
+def load_config(environ: Mapping[str, str]) -> Config:
+    """Build and validate the configuration; raises ConfigError naming the first bad variable."""
+    avatar_url = environ.get("ROCKETCHAT_AVATAR_URL", "").strip()
+    if avatar_url and not avatar_url.startswith(("http://", "https://")):
+        raise ConfigError("ROCKETCHAT_AVATAR_URL must be an http:// or https:// URL")
+    severity_label = environ.get("SEVERITY_LABEL", "").strip() or DEFAULT_SEVERITY_LABEL
+    mentions = {
+        severity: environ.get(MENTION_VARIABLE[severity], "").strip()
+        for severity in SEVERITIES
+        if environ.get(MENTION_VARIABLE[severity], "").strip()
+    }
+    return Config(
+        routes=_routes(environ),
+        severity_label=severity_label,
+        webhook_token=_read_setting(environ, "WEBHOOK_TOKEN"),
+        mentions=mentions,
+        host=environ.get("HOST", "").strip() or DEFAULT_HOST,
+        port=_port(environ),
+        log_level=_log_level(environ),
+        log_file=environ.get("LOG_FILE", "").strip(),
+        alias=environ.get("ROCKETCHAT_ALIAS", "").strip(),
+        emoji=environ.get("ROCKETCHAT_EMOJI", "").strip(),
+        avatar_url=avatar_url,
+        delivery_deadline_seconds=_number(
+            environ, "DELIVERY_DEADLINE_SECONDS", DEFAULT_DELIVERY_DEADLINE_SECONDS, integer=False, minimum=0.5
+        ),
+        max_body_bytes=int(_number(environ, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, integer=True, minimum=1024)),
+    )
+
+
+def describe_config(config: Config) -> list[str]:
+    """Start-up lines: each destination by name with its host only, never the path that holds the token."""
+    lines = []
+    for destination in config.destinations:
+        parsed = urllib.parse.urlsplit(destination.url)
+        severities = [name for name, routed in config.routes.items() if routed.url == destination.url]
+        port = f":{parsed.port}" if parsed.port else ""
+        lines.append(
+            f"destination {destination.name}: {parsed.scheme}://{parsed.hostname}{port}/hooks/<redacted>"
+            f" for {', '.join(severities)}"
+        )
+    return lines
+

@@ -1,0 +1,37 @@
+"""Keeping secrets (hook URL tokens, the relay's own token) out of every log line, answer and error."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Iterable
+
+REDACTED = "<redacted>"
+# requests and urllib3 put the full URL, token included, into their exception texts.
+URL_PATTERN = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)]+")
+HOOK_PATH_PATTERN = re.compile(r"/hooks/[^\s'\"<>)]+")
+
+
+class Redactor:
+    """Removes known secret values, any URL and any /hooks/... path from a text."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        # Longest first, so a URL is removed whole before its pieces are looked for.
+        self.secrets = tuple(sorted({secret for secret in secrets if secret}, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        text = URL_PATTERN.sub("<url>", text)
+        return HOOK_PATH_PATTERN.sub("/hooks/" + REDACTED, text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose whole output, traceback included, passes through a Redactor."""
+
+    def __init__(self, fmt: str, redactor: Redactor):
+        super().__init__(fmt)
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor(super().format(record))
