@@ -25,6 +25,7 @@ ATTACHMENT_URL_KEYS = ("title_link", "author_link", "author_icon", "image_url", 
 ALLOWED_URL_PREFIXES = ("http://", "https://", "data:")
 REJECT_MARKER = "MOCK-REJECT"  # stands in for an integration script that refuses the message
 PRINTED_VALUE_MAX_CHARS = 60
+SERVE_POLL_INTERVAL_SECONDS = 0.02
 
 HOOK_PATH = re.compile(r"/hooks/(?P<id>[^/]+)/(?:[^/]+/)?(?P<token>[^/]+)")
 # Request log lines contain the URL; the last segment of a hook path is the token.
@@ -50,12 +51,18 @@ class Response:
 
 def json_response(status: int, payload, headers: dict[str, str] | None = None) -> Response:
     """Build a JSON response from a dict."""
-    return Response(status, json.dumps(payload).encode(), "application/json", dict(headers or {}))
+    body = json.dumps(payload, separators=(",", ":")).encode()  # compact, as Rocket.Chat answers
+    return Response(status, body, "application/json", dict(headers or {}))
 
 
 def failure(status: int, error: str, headers: dict[str, str] | None = None) -> Response:
     """Build Rocket.Chat's `{"success": false, "error": ...}` answer."""
     return json_response(status, {"success": False, "error": error}, headers)
+
+
+def is_number(value, *, integer: bool = False) -> bool:
+    """True for an int (or a float unless `integer`), never for a bool."""
+    return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
 
 
 def utf16_length(text: str) -> int:
@@ -72,7 +79,7 @@ def validate_attachment(attachment) -> str | None:
             return f"Invalid attachment: {key} must be a string"
     if "collapsed" in attachment and not isinstance(attachment["collapsed"], bool):
         return "Invalid attachment: collapsed must be a boolean"
-    if "ts" in attachment and (isinstance(attachment["ts"], bool) or not isinstance(attachment["ts"], (str, int, float))):
+    if "ts" in attachment and not (isinstance(attachment["ts"], str) or is_number(attachment["ts"])):
         return "Invalid attachment: ts must be a string or a number"
     urls = [attachment[key] for key in ATTACHMENT_URL_KEYS if key in attachment]
     actions = attachment.get("actions", [])
@@ -87,7 +94,8 @@ def validate_attachment(attachment) -> str | None:
     for item in fields:
         # Stricter than the server, as the contract recommends: the server accepts numbers and booleans
         # and stringifies them, but senders should send strings (the web client calls string methods).
-        if not isinstance(item, dict) or not all(isinstance(item.get(key), str) and item[key] for key in ("title", "value")):
+        if not isinstance(item, dict) or not all(isinstance(item.get(key), str) and item[key]
+                                                 for key in ("title", "value")):
             return ERROR_FIELD
     return None
 
@@ -162,6 +170,17 @@ class HookState:
         self.requests = self.ignored = 0
         self.disabled, self.fault = False, None
 
+    def take_fault(self, now: float) -> Fault | None:
+        """The fault that answers this request (spending one of its count), or None."""
+        fault = self.fault
+        if fault is not None and fault.expires_at is not None and now >= fault.expires_at:
+            fault = self.fault = None
+        if fault is not None and fault.remaining_count is not None:
+            fault.remaining_count -= 1
+            if fault.remaining_count == 0:
+                self.fault = None
+        return fault
+
     def stats(self) -> dict:
         """Counters as the control API reports them."""
         return {"requests": self.requests, "statuses": dict(self.statuses), "ignored": self.ignored,
@@ -206,7 +225,9 @@ class MockRocketChat:
         self._server = _MockHTTPServer((self.host, self.port), _MockRequestHandler)
         self._server.mock = self
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mock-rocketchat", daemon=True)
+        # shutdown() waits for serve_forever's next poll: a short interval keeps stop() (and test teardown) fast.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(SERVE_POLL_INTERVAL_SECONDS,),
+                                        name="mock-rocketchat", daemon=True)
         self._thread.start()
         return self
 
@@ -243,6 +264,7 @@ class MockRocketChat:
 
     # -- inspection and control --
     def _state(self, name: str) -> HookState:
+        """The state of a hook by name; KeyError naming the known hooks otherwise."""
         if name not in self._hooks:
             raise KeyError(f"unknown hook {name!r}; known: {', '.join(self._hooks)}")
         return self._hooks[name]
@@ -269,15 +291,15 @@ class MockRocketChat:
 
     def set_fault(self, name, *, status=None, body=None, delay_seconds=0.0, count=None, seconds=None) -> None:
         """Answer the hook's next `count` requests (or those for `seconds`) with `status`/`body` after a delay."""
-        if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599):
+        if status is not None and not (is_number(status, integer=True) and 100 <= status <= 599):
             raise ValueError("status must be an HTTP status code")
         if body is not None and not isinstance(body, (str, dict, list)):
             raise ValueError("body must be a string or a JSON object")
-        if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, (int, float)) or delay_seconds < 0:
+        if not (is_number(delay_seconds) and delay_seconds >= 0):
             raise ValueError("delay_seconds must be a number >= 0")
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        if count is not None and not (is_number(count, integer=True) and count >= 1):
             raise ValueError("count must be an integer >= 1")
-        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
+        if seconds is not None and not (is_number(seconds) and seconds > 0):
             raise ValueError("seconds must be a number > 0")
         with self._lock:
             expires_at = None if seconds is None else self.clock() + seconds
@@ -296,9 +318,9 @@ class MockRocketChat:
 
     def set_rate_limit(self, count, window_seconds=DEFAULT_RATE_LIMIT_WINDOW_SECONDS) -> None:
         """Allow `count` requests per window per hook and client IP; count 0 switches the limiter off."""
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if not (is_number(count, integer=True) and count >= 0):
             raise ValueError("rate limit count must be an integer >= 0")
-        if isinstance(window_seconds, bool) or not isinstance(window_seconds, (int, float)) or window_seconds <= 0:
+        if not (is_number(window_seconds) and window_seconds > 0):
             raise ValueError("rate limit window_seconds must be a number > 0")
         with self._lock:
             self.rate_limit_count, self.rate_limit_window_seconds = count, float(window_seconds)
@@ -322,7 +344,8 @@ class MockRocketChat:
     def _count_in_window(self, hook_name: str, client_ip: str) -> tuple[int, dict[str, str]]:
         """Count a request in its fixed window; return seconds to wait (0 if allowed) and the limit headers."""
         if self.rate_limit_count == 0:
-            return 0, {}
+            return 0, {}  # limiter off: Rocket.Chat sends no X-RateLimit-* headers either
+        # Keyed by hook and client IP; the short and the legacy URL of one hook share a window.
         now = self.clock()
         window = self._windows.get((hook_name, client_ip))
         if window is None or now >= window[0] + self.rate_limit_window_seconds:
@@ -337,6 +360,7 @@ class MockRocketChat:
         return wait_seconds, headers
 
     def _answer(self, state: HookState, response: Response, limit_headers: dict[str, str]) -> Response:
+        """Count the answer's status for the hook and attach the rate-limit headers."""
         with self._lock:
             state.statuses[str(response.status)] = state.statuses.get(str(response.status), 0) + 1
         response.headers.update(limit_headers)
@@ -365,22 +389,16 @@ class MockRocketChat:
                     limit_headers)
             if state.disabled:
                 return self._answer(state, failure(503, "Service Unavailable"), limit_headers)
-            fault = state.fault
-            if fault is not None and fault.expires_at is not None and self.clock() >= fault.expires_at:
-                fault = state.fault = None
-            if fault is not None and fault.remaining_count is not None:
-                fault.remaining_count -= 1
-                if fault.remaining_count == 0:
-                    state.fault = None
+            fault = state.take_fault(self.clock())
         if fault is not None:
             time.sleep(fault.delay_seconds)  # outside the lock: other requests go on meanwhile
             if fault.status is not None:
                 return self._answer(state, fault.response(), limit_headers)
         success = json_response(200, {"success": True})
-        if method == "GET":
+        if method == "GET":  # accepted, posts nothing
             return self._answer(state, success, limit_headers)
         message = parse_hook_body(content_type, body)
-        if message is None:
+        if message is None:  # the trap: answered as a success, nothing posted
             with self._lock:
                 state.ignored += 1
             return self._answer(state, success, limit_headers)
@@ -388,7 +406,8 @@ class MockRocketChat:
         if error:
             return self._answer(state, failure(400, error), limit_headers)
         with self._recorded:
-            state.records.append({"hook": name, "message": message, "received_at": self.clock(), "client": client_ip})
+            record = {"hook": name, "message": message, "received_at": self.clock(), "client": client_ip}
+            state.records.append(record)
             self._recorded.notify_all()
         if not self.quiet:
             print(describe_message(name, message), flush=True)
@@ -412,6 +431,7 @@ class MockRocketChat:
         return json_response(404, {"error": f"no route {method} {path}"})
 
     def _control_routes(self):
+        """(method, path pattern, action(params, *path groups) -> JSON dict) for each control endpoint."""
         ok = {"success": True}
 
         def all_stats(params):
@@ -435,7 +455,7 @@ class MockRocketChat:
 
         return [
             ("GET", r"/_mock/health", lambda params: {"status": "ok"}),
-            ("GET", r"/_mock/messages", lambda params: {"hooks": {name: self.messages(name) for name in self._hooks}}),
+            ("GET", r"/_mock/messages", lambda params: {"hooks": {n: self.messages(n) for n in self._hooks}}),
             ("GET", r"/_mock/messages/([^/]+)", lambda params, name: {"hook": name, "messages": self.messages(name)}),
             ("DELETE", r"/_mock/messages", lambda params: self.clear_messages() or ok),
             ("GET", r"/_mock/stats", all_stats),
@@ -457,7 +477,7 @@ def describe_message(hook_name: str, message: dict) -> str:
     lines = [f"[{hook_name}] {message.get('text') or message.get('msg') or ''}"]
     attachments = message.get("attachments")
     for attachment in attachments if isinstance(attachments, list) else []:
-        fields = "; ".join(f"{short(item.get('title'))}: {short(item.get('value'))}" for item in attachment.get("fields", []))
+        fields = "; ".join(f"{short(item['title'])}: {short(item['value'])}" for item in attachment.get("fields", []))
         lines.append(f"  - color={attachment.get('color', '')} title={short(attachment.get('title', ''))} | {fields}")
     return "\n".join(lines)
 
@@ -478,6 +498,7 @@ class _MockRequestHandler(BaseHTTPRequestHandler):
     do_POST = do_DELETE = do_PUT = do_GET
 
     def _read_body(self) -> bytes:
+        """Read the whole request body (Content-Length or chunked) so keep-alive stays in step."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while size := int(self.rfile.readline().split(b";")[0], 16):
@@ -489,6 +510,7 @@ class _MockRequestHandler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _dispatch(self) -> None:
+        """Route to the control API or a hook and write the response with its Content-Length."""
         mock = self.server.mock
         body = self._read_body()
         path = urllib.parse.urlsplit(self.path).path
@@ -541,7 +563,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=9999)
     parser.add_argument("--hook", dest="hooks", action="append", type=parse_hook, metavar="NAME=ID/TOKEN",
                         help="a hook (repeatable); default: critical, warning, info with token <name>-token")
-    parser.add_argument("--rate-limit", type=parse_rate_limit, default=(10, 60.0), metavar="N/Ss|off",
+    parser.add_argument("--rate-limit", type=parse_rate_limit, metavar="N/Ss|off",
+                        default=(DEFAULT_RATE_LIMIT_COUNT, DEFAULT_RATE_LIMIT_WINDOW_SECONDS),
                         help="requests per window per hook and client IP (default 10/60s, as Rocket.Chat)")
     parser.add_argument("--legacy-404", action="store_true",
                         help="answer a bad token 404 JSON like Rocket.Chat 6.x instead of 500 text")
