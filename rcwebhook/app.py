@@ -12,6 +12,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
+from .attachments import alert_name, annotation
 from .client import RocketChatClient
 from .config import Config, describe_config, load_config
 from .delivery import Deliverer, answer_status
@@ -21,6 +22,7 @@ from .model import FIRING, Notification, PayloadError
 from .payload import parse_notification
 from .redact import Redactor
 from .routing import format_options, plan_messages
+from .safetext import one_line
 
 logger = logging.getLogger("rcwebhook")
 alert_logger = logging.getLogger("rcwebhook.alerts")
@@ -100,17 +102,20 @@ def log_alerts(notification: Notification, severity_label: str) -> None:
     for alert in notification.alerts:
         severity = classify_severity(alert.labels, severity_label)
         level = ALERT_LOG_LEVEL.get(severity, logging.INFO) if alert.status == FIRING else logging.INFO
-        lowered = {key.lower(): value for key, value in alert.annotations.items()}
-        summary = lowered.get("summary") or lowered.get("description") or lowered.get("message") or ""
+        summary = next(
+            (annotation(alert.annotations, key)[1] for key in ("summary", "description", "message")
+             if annotation(alert.annotations, key)[1]),
+            "",
+        )
         instance = alert.labels.get("instance", "")
         alert_logger.log(
             level,
             "[ALERT %s] %s (%s)%s%s",
             alert.status.upper(),
-            alert.labels.get("alertname", "(no alertname)")[:LOG_SUMMARY_MAX_CHARS],
-            alert.labels.get(severity_label, "no severity")[:LOG_SUMMARY_MAX_CHARS],
-            f" instance={instance[:LOG_SUMMARY_MAX_CHARS]}" if instance else "",
-            f": {summary[:LOG_SUMMARY_MAX_CHARS]}" if summary else "",
+            one_line(alert_name(alert, notification))[:LOG_SUMMARY_MAX_CHARS],
+            one_line(alert.labels.get(severity_label, "no severity"))[:LOG_SUMMARY_MAX_CHARS],
+            f" instance={one_line(instance)[:LOG_SUMMARY_MAX_CHARS]}" if instance else "",
+            f": {one_line(summary)[:LOG_SUMMARY_MAX_CHARS]}" if summary else "",
         )
     for skipped in notification.skipped:
         logger.error("unusable alert skipped: alerts[%d] %s", skipped.index, skipped.reason)
@@ -179,7 +184,7 @@ def create_app(
         answer = {
             "status": "ok" if status == 200 else "error",
             "processed": len(notification.alerts),
-            "alerts": [alert.labels.get("alertname", "") for alert in notification.alerts],
+            "alerts": [alert_name(alert, notification) for alert in notification.alerts],
             "messages": len(planned),
             "skipped": len(notification.skipped),
         }
