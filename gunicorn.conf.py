@@ -1,28 +1,67 @@
 """gunicorn settings for rocketchat-webhook: one process with threads (`gunicorn -c gunicorn.conf.py rocketchat_webhook:app`)."""
 
 import os
+import signal
 import sys
 
 from dotenv import load_dotenv
 
 load_dotenv(override=False)  # the real environment wins over .env, as in the app
 
+CONFIG_ERROR_EXIT_STATUS = 2
+
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8093')}"
+# One process: pacing, merging and de-duplication live in its memory, per hook URL.
 workers = 1
 worker_class = "gthread"
-# Each waiting Alertmanager request holds a thread for up to DELIVERY_DEADLINE_SECONDS.
-threads = 32
-# Longer than the delivery deadline (8 s by default) so a request in flight is answered on a graceful stop.
-graceful_timeout = 20
-timeout = 30
+# Each waiting Alertmanager request holds a thread for up to DELIVERY_DEADLINE_SECONDS. More threads than
+# MAX_WAITING_REQUESTS leaves room so /health and /ready answer, and the 503 for excess is immediate, in a storm.
+_max_waiting = os.environ.get("MAX_WAITING_REQUESTS", "").strip()
+threads = (int(_max_waiting) if _max_waiting.isdigit() else 128) + 64
+# Longer than the delivery deadline (8 s by default): a graceful stop lets waiting requests get their answers
+# and the queues drain before the worker is killed.
+graceful_timeout = 30
+timeout = 60
+
+
+def _fail(message):
+    print(f"rocketchat-webhook: configuration error: {message}", file=sys.stderr)
+    sys.exit(CONFIG_ERROR_EXIT_STATUS)
 
 
 def on_starting(server):
     """Check the configuration once in the master, so a bad setting exits 2 instead of respawning workers."""
     from rcwebhook.config import ConfigError, load_config
 
+    if server.cfg.workers != 1:
+        _fail(
+            f"{server.cfg.workers} worker processes asked for (-w or WEB_CONCURRENCY); run exactly 1: pacing to "
+            "Rocket.Chat's rate limit and de-duplication live in one process's memory (use threads to scale)"
+        )
     try:
         load_config(os.environ)
     except ConfigError as error:
-        print(f"rocketchat-webhook: configuration error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(error)
+
+
+def post_worker_init(worker):
+    """On SIGTERM, stop taking notifications (GET /ready turns 503) before gunicorn's own graceful stop runs."""
+    gunicorn_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        dispatcher = worker.wsgi.extensions.get("rcwebhook.dispatcher")
+        if dispatcher is not None:
+            dispatcher.begin_shutdown()
+        if callable(gunicorn_handler):
+            gunicorn_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_exit(server, worker):
+    """Deliver what is still queued within the delivery deadline, and log loudly what could not be."""
+    app = getattr(worker, "wsgi", None)
+    dispatcher = app.extensions.get("rcwebhook.dispatcher") if app is not None else None
+    if dispatcher is not None:
+        config = app.extensions["rcwebhook.config"]
+        dispatcher.stop(drain_seconds=config.delivery_deadline_seconds)

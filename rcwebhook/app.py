@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import threading
 import json
 import logging
 import os
@@ -15,13 +16,14 @@ from . import __version__
 from .attachments import alert_name, annotation
 from .client import RocketChatClient
 from .config import Config, describe_config, load_config
-from .delivery import Deliverer, answer_status
+from .delivery import DeliveryReport, DeliveryState, answer_status
+from .dispatcher import Dispatcher, Overloaded
 from .formatting import classify_severity
 from .logs import configure_logging, quiet_library_loggers
 from .model import FIRING, Notification, PayloadError
 from .payload import parse_notification
 from .redact import Redactor
-from .routing import format_options, plan_messages
+from .routing import format_options, route_alerts
 from .safetext import one_line
 
 logger = logging.getLogger("rcwebhook")
@@ -143,15 +145,25 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes  # bounds reading a body sent without a length
     app.extensions["rcwebhook.config"] = config
-    owned_client = client or RocketChatClient(redactor)
-    deliverer = Deliverer(owned_client, deadline_seconds=config.delivery_deadline_seconds)
-    app.extensions["rcwebhook.deliverer"] = deliverer
-    options = format_options(config)
+    dispatcher = Dispatcher(client or RocketChatClient(redactor), config, format_options(config)).start()
+    app.extensions["rcwebhook.dispatcher"] = dispatcher
+    # Requests waiting for Rocket.Chat hold a thread each; past the bound, 503 at once (Alertmanager retries).
+    waiting_slots = threading.BoundedSemaphore(config.max_waiting_requests)
+    # Answer Alertmanager a little before the deadline so the answer itself is never late.
+    answer_within_seconds = max(0.1, config.delivery_deadline_seconds - 0.2)
 
     for line in describe_config(config):
         logger.info("%s", line)
+    logger.info(
+        "pacing %s per hook, de-duplication window %gs, at most %d waiting requests",
+        config.rate_limit, config.dedup_window_seconds, config.max_waiting_requests,
+    )
     if not config.webhook_token:
         logger.warning("WEBHOOK_TOKEN is not set: POST /webhook is open to anyone who can reach this port")
+
+    def overloaded(reason: str) -> Response:
+        logger.error("answered 503 at once: %s", reason)
+        return error_response(503, f"the relay is overloaded: {reason}; retry later", {"Retry-After": "5"})
 
     @app.post("/webhook")
     def receive_webhook() -> Response:
@@ -163,6 +175,15 @@ def create_app(
             )
         if request.content_length is not None and request.content_length > config.max_body_bytes:
             return too_large()
+        if not waiting_slots.acquire(blocking=False):
+            return overloaded(f"{config.max_waiting_requests} requests already waiting (MAX_WAITING_REQUESTS)")
+        try:
+            return deliver_request()
+        finally:
+            waiting_slots.release()
+
+    def deliver_request() -> Response:
+        started = dispatcher.clock()
         body = read_body(config.max_body_bytes)
         if body is None:
             return too_large()
@@ -178,24 +199,46 @@ def create_app(
                 extra["hint"] = JSON_HINT
             return error_response(error.status, error.message, **extra)
         log_alerts(notification, config.severity_label)
-        planned = plan_messages(notification, config, options)
-        reports = deliverer.deliver(planned)
-        status, retry_after_seconds = answer_status(reports)
+        parts = route_alerts(notification, config)
+        try:
+            submission = dispatcher.submit(notification, parts, len(body))
+        except Overloaded as error:
+            return overloaded(str(error))
+        # The deadline is enforced here, where the request waits, whatever the outbound call is doing.
+        dispatcher.wait(submission, answer_within_seconds - (dispatcher.clock() - started))
+        reports = [DeliveryReport.of(job, joined) for job, joined in zip(submission.jobs, submission.joined)]
+        status, retry_after_seconds = answer_status(reports, dispatcher.retry_after_seconds(submission.jobs))
         answer = {
             "status": "ok" if status == 200 else "error",
             "processed": len(notification.alerts),
             "alerts": [alert_name(alert, notification) for alert in notification.alerts],
-            "messages": len(planned),
+            "messages": len(parts),
             "skipped": len(notification.skipped),
         }
-        if any(report.state != "delivered" for report in reports):
+        if any(submission.joined):
+            answer["deduplicated"] = True
+        if any(report.state != DeliveryState.DELIVERED for report in reports):
             answer["destinations"] = [report.as_dict() for report in reports]
         if status != 200:
             answer["error"] = "not every alert reached Rocket.Chat" + (
                 "; retry later" if status == 503 else "; see destinations and the relay's log"
             )
+            log = logger.error
+        else:
+            log = logger.info
+        log(
+            "answered %d: %d alert(s) to %s%s", status, len(notification.alerts),
+            ", ".join(f"{report.destination}={report.state}" for report in reports) or "nowhere",
+            " (deduplicated)" if any(submission.joined) else "",
+        )
         headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else None
         return json_response(answer, status, headers)
+
+    @app.get("/ready")
+    def ready() -> Response:
+        if dispatcher.ready:
+            return json_response({"status": "ready"})
+        return error_response(503, "the delivery machinery is not running (starting or shutting down)")
 
     @app.get("/health")
     def health() -> Response:

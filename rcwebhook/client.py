@@ -21,11 +21,12 @@ CONNECT_TIMEOUT_SECONDS = 3.05
 READ_TIMEOUT_SECONDS = 5.0
 REASON_MAX_CHARS = 300
 # Errors that no change of content can fix (rocketchat-contract.md): they need an operator, so no fallback is tried.
+SCRIPT_ERROR_MARKER = "error-running-script"
 PERMANENT_ERROR_MARKERS = (
     "invalid-channel",
     "error-not-allowed",
     "overriding destination channel is disabled",
-    "error-running-script",
+    SCRIPT_ERROR_MARKER,
 )
 WAIT_SECONDS_PATTERN = re.compile(r"wait (\d+(?:\.\d+)?) seconds")
 WRONG_TOKEN_HINT = (
@@ -49,7 +50,13 @@ class PostResult:
     reason: str
     elapsed_ms: float = 0.0
     wait_seconds: float | None = None  # how long Rocket.Chat asked us to wait (429)
-    rate_limit_remaining: int | None = None
+    rate_limit_remaining: int | None = None  # X-RateLimit-Remaining
+    rate_limit_reset_seconds: float | None = None  # X-RateLimit-Reset, as seconds from now
+
+    @property
+    def content_dependent(self) -> bool:
+        """A refusal that a different content may avoid (a hook's script can fail on one alert of a merged post)."""
+        return self.outcome is Outcome.CONTENT_REFUSED or SCRIPT_ERROR_MARKER in self.reason
 
 
 def _header_number(headers: Mapping[str, str], name: str) -> float | None:
@@ -193,6 +200,9 @@ class RocketChatClient:
             response.status_code, response.headers, body_text, self.wall_clock()
         )
         remaining = _header_number(response.headers, "X-RateLimit-Remaining")
+        reset_seconds = None
+        if "X-RateLimit-Reset" in response.headers:
+            reset_seconds = rate_limit_wait_seconds(response.headers, "", self.wall_clock())
         return PostResult(
             outcome,
             response.status_code,
@@ -200,6 +210,7 @@ class RocketChatClient:
             elapsed_ms,
             wait,
             int(remaining) if remaining is not None else None,
+            reset_seconds,
         )
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .model import SEVERITIES, UNKNOWN_SEVERITY
+from .pacing import DEFAULT_RATE_LIMIT_TEXT, RateLimit, parse_rate_limit
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8093
@@ -15,6 +16,11 @@ DEFAULT_PORT = 8093
 DEFAULT_DELIVERY_DEADLINE_SECONDS = 8.0
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 DEFAULT_SEVERITY_LABEL = "severity"
+# How long a delivered or refused notification is remembered, counted from delivery; it must stay below the
+# shortest repeat_interval, or an intended reminder would be taken for a duplicate.
+DEFAULT_DEDUP_WINDOW_SECONDS = 300.0
+DEFAULT_MAX_WAITING_REQUESTS = 128
+DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 WEBHOOK_VARIABLE = {
     "critical": "ROCKETCHAT_WEBHOOK_CRITICAL",
@@ -63,6 +69,10 @@ class Config:
     avatar_url: str = ""
     delivery_deadline_seconds: float = DEFAULT_DELIVERY_DEADLINE_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    rate_limit: RateLimit = parse_rate_limit(DEFAULT_RATE_LIMIT_TEXT)
+    dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW_SECONDS
+    max_waiting_requests: int = DEFAULT_MAX_WAITING_REQUESTS
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
 
     @property
     def destinations(self) -> tuple[Destination, ...]:
@@ -181,6 +191,14 @@ def _log_level(environ: Mapping[str, str]) -> str:
     return raw
 
 
+def _rate_limit(environ: Mapping[str, str]) -> RateLimit:
+    raw = environ.get("ROCKETCHAT_RATE_LIMIT", "").strip() or DEFAULT_RATE_LIMIT_TEXT
+    try:
+        return parse_rate_limit(raw)
+    except ValueError as error:
+        raise ConfigError(f"ROCKETCHAT_RATE_LIMIT={raw!r}: {error}") from None
+
+
 def load_config(environ: Mapping[str, str]) -> Config:
     """Build and validate the configuration; raises ConfigError naming the first bad variable."""
     avatar_url = environ.get("ROCKETCHAT_AVATAR_URL", "").strip()
@@ -208,6 +226,16 @@ def load_config(environ: Mapping[str, str]) -> Config:
             environ, "DELIVERY_DEADLINE_SECONDS", DEFAULT_DELIVERY_DEADLINE_SECONDS, integer=False, minimum=0.5
         ),
         max_body_bytes=int(_number(environ, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, integer=True, minimum=1024)),
+        rate_limit=_rate_limit(environ),
+        dedup_window_seconds=_number(
+            environ, "DEDUP_WINDOW_SECONDS", DEFAULT_DEDUP_WINDOW_SECONDS, integer=False, minimum=0
+        ),
+        max_waiting_requests=int(
+            _number(environ, "MAX_WAITING_REQUESTS", DEFAULT_MAX_WAITING_REQUESTS, integer=True, minimum=1)
+        ),
+        max_queued_bytes=int(
+            _number(environ, "MAX_QUEUED_BYTES", DEFAULT_MAX_QUEUED_BYTES, integer=True, minimum=1024)
+        ),
     )
 
 

@@ -67,10 +67,15 @@ def sort_alerts(alerts: Sequence[Alert], severity_label: str = "severity") -> li
     )
 
 
-def build_message(notification: Notification, alerts: Sequence[Alert], options: FormatOptions) -> dict:
-    """One rich Rocket.Chat message for these alerts of the notification, within every limit of the contract."""
+def build_message(
+    notification: Notification, alerts: Sequence[Alert], options: FormatOptions, group_count: int = 1
+) -> dict:
+    """One rich Rocket.Chat message for these alerts of the notification, within every limit of the contract.
+
+    group_count > 1 says the notification merges that many groups: the headline then counts groups, not names.
+    """
     ordered = sort_alerts(alerts, options.severity_label)
-    head = "\n".join([_headline_line(notification, ordered, options), *_notes(notification)])
+    head = "\n".join([_headline_line(notification, ordered, options, group_count), *_notes(notification)])
     text = cut_utf16_units(head, MAX_TEXT_UTF16_UNITS)
     label = options.severity_label
     graded = [(alert, classify_severity(alert.labels, label)) for alert in ordered]
@@ -85,10 +90,12 @@ def build_message(notification: Notification, alerts: Sequence[Alert], options: 
     return message
 
 
-def build_plain_text_message(notification: Notification, alerts: Sequence[Alert], options: FormatOptions) -> dict:
+def build_plain_text_message(
+    notification: Notification, alerts: Sequence[Alert], options: FormatOptions, group_count: int = 1
+) -> dict:
     """A text-only message (for when Rocket.Chat refused the rich one): headline, then one line per alert."""
     ordered = sort_alerts(alerts, options.severity_label)
-    head = "\n".join([_headline_line(notification, ordered, options), *_notes(notification)])
+    head = "\n".join([_headline_line(notification, ordered, options, group_count), *_notes(notification)])
     lines = [_plain_line(alert, notification, options.severity_label) for alert in ordered]
     text = "\n".join([head, *lines])
     if utf16_units(text) > MAX_TEXT_UTF16_UNITS:
@@ -128,8 +135,10 @@ def _sender_fields(options: FormatOptions) -> dict:
     return fields
 
 
-def _headline_line(notification: Notification, ordered: Sequence[Alert], options: FormatOptions) -> str:
-    """The configured mentions due, then e.g. "[FIRING:2, RESOLVED:1] HighCPUUsage, DiskFull"."""
+def _headline_line(
+    notification: Notification, ordered: Sequence[Alert], options: FormatOptions, group_count: int = 1
+) -> str:
+    """The configured mentions due, then e.g. "[FIRING:2, RESOLVED:1] HighCPUUsage, DiskFull" or "... 12 groups"."""
     firing = sum(1 for alert in ordered if alert.status == FIRING)
     resolved = len(ordered) - firing
     counts = [f"FIRING:{firing}"] if firing or not resolved else []
@@ -140,6 +149,8 @@ def _headline_line(notification: Notification, ordered: Sequence[Alert], options
     named = ", ".join(names[:MAX_HEADLINE_NAMES])
     if len(names) > MAX_HEADLINE_NAMES:
         named += f" and {len(names) - MAX_HEADLINE_NAMES} more"
+    if group_count > 1:
+        named = _count_of(group_count, "group")
     headline = f"[{', '.join(counts)}] {named}".rstrip()
     mentions = _mentions(ordered, options)
     # The configured mention is the one @ in a message meant to notify: it is not neutralised.

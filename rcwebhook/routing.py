@@ -1,11 +1,10 @@
-"""Which alerts go to which hook, and the messages each hook gets (pure: no I/O)."""
+"""Which alerts go to which hook (pure: no I/O)."""
 
 from __future__ import annotations
 
-from .config import Config
-from .delivery import PlannedMessage
-from .formatting import FormatOptions, build_message, build_plain_text_message, classify_severity
-from .model import SEVERITIES, UNKNOWN_SEVERITY, Notification
+from .config import Config, Destination
+from .formatting import FormatOptions, classify_severity
+from .model import SEVERITIES, UNKNOWN_SEVERITY, Alert, Notification
 
 
 def format_options(config: Config) -> FormatOptions:
@@ -18,25 +17,13 @@ def format_options(config: Config) -> FormatOptions:
     )
 
 
-def plan_messages(notification: Notification, config: Config, options: FormatOptions) -> list[PlannedMessage]:
-    """One message per hook that this notification's alerts reach, hooks in severity order."""
-    alerts_by_url: dict[str, list] = {}
-    destination_by_url = {}
-    # Visiting severities in order makes the critical hook's message go first.
+def route_alerts(notification: Notification, config: Config) -> list[tuple[Destination, list[Alert]]]:
+    """Each hook this notification's alerts reach, with its alerts; hooks in severity order, critical first."""
+    alerts_by_url: dict[str, list[Alert]] = {}
     for severity in (*SEVERITIES, UNKNOWN_SEVERITY):
-        destination = config.routes[severity]
-        destination_by_url.setdefault(destination.url, destination)
-        alerts_by_url.setdefault(destination.url, [])
+        alerts_by_url.setdefault(config.routes[severity].url, [])
     for alert in notification.alerts:
         severity = classify_severity(alert.labels, config.severity_label)
         alerts_by_url[config.routes[severity].url].append(alert)
-    return [
-        PlannedMessage(
-            destination_by_url[url],
-            tuple(alerts),
-            build_message(notification, alerts, options),
-            build_plain_text_message(notification, alerts, options),
-        )
-        for url, alerts in alerts_by_url.items()
-        if alerts
-    ]
+    destination_by_url = {destination.url: destination for destination in config.routes.values()}
+    return [(destination_by_url[url], alerts) for url, alerts in alerts_by_url.items() if alerts]

@@ -19,7 +19,11 @@ HOOK_URLS = {
     "warning": "http://rocketchat.test/hooks/warning-id/warning-secret-token",
     "info": "http://rocketchat.test/hooks/info-id/info-secret-token",
 }
-BASE_ENVIRON = {f"ROCKETCHAT_WEBHOOK_{severity.upper()}": url for severity, url in HOOK_URLS.items()}
+BASE_ENVIRON = {
+    **{f"ROCKETCHAT_WEBHOOK_{severity.upper()}": url for severity, url in HOOK_URLS.items()},
+    # Short, so the tests of failures past the deadline answer quickly.
+    "DELIVERY_DEADLINE_SECONDS": "1",
+}
 DELIVERED = PostResult(Outcome.DELIVERED, 200, "")
 
 
@@ -60,7 +64,7 @@ def environ():
 def app(environ, fake_rocketchat):
     application = create_app(environ, client=fake_rocketchat)
     yield application
-    application.extensions["rcwebhook.deliverer"].close()
+    application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)
 
 
 @pytest.fixture

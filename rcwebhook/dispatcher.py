@@ -1,0 +1,203 @@
+"""The delivery machinery: one worker thread per hook URL posts what its queue says, when its queue says."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .client import Outcome, PostResult, RocketChatClient
+from .config import Config, Destination
+from .formatting import FormatOptions, build_message, build_plain_text_message, validate_message
+from .hookqueue import Batch, HookQueue, Job, dedup_key
+from .merging import merge_notifications
+from .model import Alert, Notification
+
+logger = logging.getLogger("rcwebhook.delivery")
+
+
+class Overloaded(Exception):
+    """Too many requests waiting or too many bytes held: answer 503 at once."""
+
+
+@dataclass
+class Submission:
+    """One request's jobs (one per hook it reaches) and whether each joined an equal one."""
+
+    jobs: list[Job]
+    joined: list[bool]
+
+    @property
+    def finished(self) -> bool:
+        return all(job.finished for job in self.jobs)
+
+
+def compose(batch: Batch, options: FormatOptions) -> dict:
+    """The message one post carries: rich, or plain text after Rocket.Chat refused the rich one."""
+    notification, alerts = merge_notifications(batch.parts)
+    group_count = len(batch.parts)
+    if not batch.plain_text:
+        message = build_message(notification, alerts, options, group_count)
+        problems = validate_message(message)
+        if not problems:
+            return message
+        # Our own bug, caught before Rocket.Chat could silently drop or refuse the message.
+        logger.error("message breaks the Rocket.Chat contract (%s); sending plain text", "; ".join(problems[:3]))
+    return build_plain_text_message(notification, alerts, options, group_count)
+
+
+class Dispatcher:
+    """Owns the hook queues and their worker threads; requests submit jobs and wait for them with a deadline."""
+
+    def __init__(
+        self,
+        client: RocketChatClient,
+        config: Config,
+        options: FormatOptions,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.client = client
+        self.options = options
+        self.clock = clock
+        self.max_queued_bytes = config.max_queued_bytes
+        self.condition = threading.Condition()
+        self.queues = {
+            destination.url: HookQueue(destination, config.rate_limit, config.dedup_window_seconds)
+            for destination in config.destinations
+        }
+        self.queued_bytes = 0
+        self.running = False
+        self.stopping = False
+        self.threads: list[threading.Thread] = []
+
+    # -- life cycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> "Dispatcher":
+        with self.condition:
+            if self.running:
+                return self
+            self.running = True
+        for queue in self.queues.values():
+            thread = threading.Thread(
+                target=self._work, args=(queue,), name=f"post-{queue.destination.name}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    @property
+    def ready(self) -> bool:
+        return self.running and not self.stopping and all(thread.is_alive() for thread in self.threads)
+
+    def begin_shutdown(self) -> None:
+        """Stop taking new work (GET /ready turns 503); the queues keep draining."""
+        with self.condition:
+            if not self.stopping:
+                logger.info("shutting down: no new notifications taken; delivering what is queued")
+            self.stopping = True
+            self.condition.notify_all()
+
+    def stop(self, drain_seconds: float) -> None:
+        """Deliver what fits within drain_seconds, then stop the workers and log what was not delivered."""
+        self.begin_shutdown()
+        deadline = self.clock() + drain_seconds
+        with self.condition:
+            while not all(queue.idle for queue in self.queues.values()):
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                self.condition.wait(remaining)
+            undelivered = [job for queue in self.queues.values() for job in queue.pending_jobs()]
+            self.running = False
+            self.condition.notify_all()
+        for job in undelivered:
+            logger.error(
+                "not delivered at shutdown: %d alert(s) for %s (group %r)",
+                len(job.alerts), job.destination, job.notification.group_key[:200],
+            )
+        for thread in self.threads:
+            thread.join(timeout=1.0)
+        self.client.close()
+
+    # -- requests -----------------------------------------------------------------------------------------------
+
+    def submit(
+        self, notification: Notification, parts: Sequence[tuple[Destination, Sequence[Alert]]], body_bytes: int
+    ) -> Submission:
+        """Queue one notification's alerts, one job per hook; raises Overloaded when memory is at its bound."""
+        now = self.clock()
+        with self.condition:
+            if self.stopping or not self.running:
+                raise Overloaded("the relay is shutting down")
+            if self.queued_bytes + body_bytes > self.max_queued_bytes:
+                raise Overloaded("too many bytes of notifications held (MAX_QUEUED_BYTES)")
+            submission = Submission([], [])
+            for destination, alerts in parts:
+                job = Job(destination, notification, tuple(alerts), dedup_key(notification, alerts), body_bytes)
+                queued, joined = self.queues[destination.url].submit(job, now)
+                if not joined:
+                    self.queued_bytes += body_bytes
+                submission.jobs.append(queued)
+                submission.joined.append(joined)
+            self.condition.notify_all()
+        return submission
+
+    def wait(self, submission: Submission, timeout_seconds: float) -> bool:
+        """Wait until every job of the submission finished; False when the timeout came first."""
+        with self.condition:
+            return self.condition.wait_for(lambda: submission.finished, timeout=max(0.0, timeout_seconds))
+
+    def retry_after_seconds(self, jobs: Sequence[Job]) -> float:
+        """How long until the unfinished jobs' hooks may post again."""
+        now = self.clock()
+        with self.condition:
+            waits = [self.queues[job.destination.url].seconds_until_post(now) for job in jobs if not job.finished]
+        return max(waits, default=0.0)
+
+    # -- workers ------------------------------------------------------------------------------------------------
+
+    def _next_batch(self, queue: HookQueue) -> Batch | None:
+        with self.condition:
+            while self.running:
+                now = self.clock()
+                due = queue.due_at(now)
+                if due is not None and due <= now:
+                    return queue.take_batch(now)
+                self.condition.wait(None if due is None else due - now)
+        return None
+
+    def _work(self, queue: HookQueue) -> None:
+        while (batch := self._next_batch(queue)) is not None:
+            result = None
+            started = self.clock()
+            if batch.parts:
+                try:
+                    message = compose(batch, self.options)
+                    result = self.client.post(queue.destination.url, message)
+                except Exception:  # noqa: BLE001 - a worker that dies would silently stop a channel's alerts
+                    logger.exception("internal error while posting to %s", queue.destination)
+                    result = PostResult(Outcome.TRANSIENT, None, "internal error in the relay")
+            with self.condition:
+                finished = queue.finish(batch, result, self.clock())
+                for job in finished:
+                    self.queued_bytes -= job.size_bytes
+                self.condition.notify_all()
+            log_post(queue.destination, batch, result, (self.clock() - started) * 1000)
+
+
+def log_post(destination: Destination, batch: Batch, result: PostResult | None, elapsed_ms: float) -> None:
+    if result is None:
+        logger.info("post destination=%s skipped: every alert was already shown in a newer state", destination)
+        return
+    level = logging.INFO if result.outcome is Outcome.DELIVERED else logging.WARNING
+    logger.log(
+        level,
+        "post destination=%s groups=%d alerts=%d outcome=%s status=%s ms=%.0f%s%s",
+        destination, len(batch.jobs), batch.alert_count, result.outcome.value, result.status, elapsed_ms,
+        " plain_text=true" if batch.plain_text else "",
+        f" reason={result.reason!r}" if result.reason else "",
+    )
+

@@ -1,0 +1,254 @@
+"""One hook URL's queue: pacing, coalescing, de-duplication, splitting refusals (pure: no threads, no I/O).
+
+The dispatcher drives it: submit() notifications, ask due_at() when to post, take_batch() what to post, and
+finish() with Rocket.Chat's answer. Every method takes the time, so tests run it on a fake clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Sequence
+
+from .client import Outcome, PostResult
+from .config import Destination
+from .merging import alert_identity, is_stale
+from .model import Alert, Notification
+from .pacing import PostBudget, RateLimit
+
+logger = logging.getLogger("rcwebhook.queue")
+
+# Capped exponential backoff with ±50 % jitter between attempts after a transient failure.
+BACKOFF_FIRST_SECONDS = 0.25
+BACKOFF_CAP_SECONDS = 8.0
+
+
+class JobState:
+    QUEUED = "queued"
+    IN_FLIGHT = "in_flight"
+    DELIVERED = "delivered"
+    DELIVERED_PLAIN_TEXT = "delivered_plain_text"
+    REFUSED = "refused"
+
+    FINISHED = (DELIVERED, DELIVERED_PLAIN_TEXT, REFUSED)
+
+
+@dataclass(eq=False)
+class Job:
+    """One notification's alerts for one hook, from submission until Rocket.Chat took or refused them."""
+
+    destination: Destination
+    notification: Notification
+    alerts: tuple[Alert, ...]
+    dedup_key: Hashable | None
+    size_bytes: int
+    state: str = JobState.QUEUED
+    plain_text: bool = False  # Rocket.Chat refused its rich message: it goes alone, as plain text
+    status: int | None = None
+    reason: str = ""
+    attempts: int = 0
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in JobState.FINISHED
+
+
+@dataclass
+class Batch:
+    """The jobs one post carries, and the alerts it shows (duplicates merged, stale states dropped)."""
+
+    jobs: tuple[Job, ...]
+    parts: list[tuple[Notification, list[Alert]]] = field(default_factory=list)
+    alone: bool = False  # came from a split or is a plain-text retry: never merged with others
+
+    @property
+    def plain_text(self) -> bool:
+        return any(job.plain_text for job in self.jobs)
+
+    @property
+    def alert_count(self) -> int:
+        return sum(len(alerts) for _, alerts in self.parts)
+
+
+def dedup_key(notification: Notification, alerts: Sequence[Alert], repeat_ok: bool = True) -> Hashable | None:
+    """Same groupKey and same set of (fingerprint, status, startsAt, endsAt): the same notification again.
+
+    Only bodies with a groupKey and a fingerprint on every alert qualify; a repeat_interval reminder never does.
+    """
+    if not notification.group_key or not alerts or any(not alert.fingerprint for alert in alerts):
+        return None
+    if "repeat" in notification.notification_reason.lower():
+        return None  # Alertmanager says the repeat interval elapsed: an intended reminder, not a duplicate
+    return (
+        notification.group_key,
+        frozenset((alert.fingerprint, alert.status, alert.starts_at, alert.ends_at) for alert in alerts),
+    )
+
+
+class HookQueue:
+    """The FIFO of notifications waiting for one hook URL, and everything that decides when and what to post."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        rate_limit: RateLimit,
+        dedup_window_seconds: float,
+        jitter: Callable[[], float] | None = None,
+    ):
+        self.destination = destination
+        self.budget = PostBudget(rate_limit)
+        self.dedup_window_seconds = dedup_window_seconds
+        self.jitter = jitter or (lambda: random.uniform(0.5, 1.5))
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.alone_batches: collections.deque[tuple[Job, ...]] = collections.deque()
+        self.in_flight: Batch | None = None
+        self.known: dict[Hashable, Job] = {}  # de-duplication: queued, in flight, or finished within the window
+        self.posted_states: dict[Hashable, tuple[str, str, float]] = {}  # alert → (status, startsAt, when)
+        self.last_post_at: float | None = None
+        self.retry_at = 0.0
+        self.consecutive_failures = 0
+
+    # -- intake -------------------------------------------------------------------------------------------------
+
+    def submit(self, job: Job, now: float) -> tuple[Job, bool]:
+        """Queue a job, or return the equal one already queued, in flight or finished: (job to wait on, joined)."""
+        self._forget_expired(now)
+        if job.dedup_key is not None:
+            existing = self.known.get(job.dedup_key)
+            if existing is not None:
+                return existing, True
+            self.known[job.dedup_key] = job
+        self.waiting.append(job)
+        return job, False
+
+    def _forget_expired(self, now: float) -> None:
+        horizon = now - self.dedup_window_seconds
+        for key, job in list(self.known.items()):
+            if job.finished and job.finished_at is not None and job.finished_at <= horizon:
+                del self.known[key]
+        for identity, (_, _, when) in list(self.posted_states.items()):
+            if when <= horizon:
+                del self.posted_states[identity]
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight is None and not self.waiting and not self.alone_batches
+
+    def pending_jobs(self) -> list[Job]:
+        jobs = [job for batch in self.alone_batches for job in batch] + list(self.waiting)
+        return jobs + (list(self.in_flight.jobs) if self.in_flight else [])
+
+    # -- posting ------------------------------------------------------------------------------------------------
+
+    def due_at(self, now: float) -> float | None:
+        """When the next post should go, or None when there is nothing to post (or one is in flight)."""
+        if self.in_flight is not None or not (self.waiting or self.alone_batches):
+            return None
+        return max(self.retry_at, self.budget.earliest_post_at(now, self.last_post_at))
+
+    def seconds_until_post(self, now: float) -> float:
+        due = self.due_at(now)
+        return max(0.0, (due if due is not None else now) - now)
+
+    def take_batch(self, now: float) -> Batch:
+        """Everything waiting goes in one post (a split half or a plain-text retry goes alone)."""
+        if self.alone_batches:
+            batch = Batch(self.alone_batches.popleft(), alone=True)
+        else:
+            batch = Batch(tuple(self.waiting))
+            self.waiting.clear()
+        for job in batch.jobs:
+            job.state = JobState.IN_FLIGHT
+        batch.parts = self._fresh_parts(batch.jobs)
+        self.in_flight = batch
+        return batch
+
+    def _fresh_parts(self, jobs: Sequence[Job]) -> list[tuple[Notification, list[Alert]]]:
+        """Each job's alerts minus stale FIRINGs of occurrences this hook already showed RESOLVED."""
+        parts = []
+        for job in jobs:
+            fresh = []
+            for alert in job.alerts:
+                known = self.posted_states.get(alert_identity(alert))
+                if known is None or not is_stale(alert, known[0], known[1]):
+                    fresh.append(alert)
+            if fresh:
+                parts.append((job.notification, fresh))
+        return parts
+
+    def finish(self, batch: Batch, result: PostResult | None, now: float) -> list[Job]:
+        """Apply Rocket.Chat's answer (None: nothing needed posting); returns the jobs that finished."""
+        self.in_flight = None
+        if result is None:
+            return self._complete(batch, JobState.DELIVERED, None, "", now)
+        self.budget.record_attempt(now)
+        self.last_post_at = now
+        self.budget.observe_server(now, result.rate_limit_remaining, result.rate_limit_reset_seconds)
+        for job in batch.jobs:
+            job.attempts += 1
+            job.status = result.status
+            job.reason = result.reason
+        if result.outcome is Outcome.DELIVERED:
+            self.consecutive_failures, self.retry_at = 0, 0.0
+            for _, alerts in batch.parts:
+                for alert in alerts:
+                    self.posted_states[alert_identity(alert)] = (alert.status, alert.starts_at, now)
+            state = JobState.DELIVERED_PLAIN_TEXT if batch.plain_text else JobState.DELIVERED
+            return self._complete(batch, state, result.status, "", now)
+        if result.outcome is Outcome.TRANSIENT:
+            self._back_off(result, now)
+            self._requeue(batch)
+            return []
+        if result.content_dependent and len(batch.jobs) > 1:
+            # One bad alert must not sink the others: halve the post, down to single notifications at most.
+            middle = len(batch.jobs) // 2
+            self.alone_batches.extendleft([batch.jobs[middle:], batch.jobs[:middle]])
+            for job in batch.jobs:
+                job.state = JobState.QUEUED
+            logger.error(
+                "Rocket.Chat refused a post of %d notifications for %s (HTTP %s: %s); posting them in two halves",
+                len(batch.jobs), self.destination, result.status, result.reason,
+            )
+            return []
+        if result.outcome is Outcome.CONTENT_REFUSED and not batch.plain_text:
+            [job] = batch.jobs
+            job.plain_text, job.state = True, JobState.QUEUED
+            self.alone_batches.appendleft((job,))
+            logger.error(
+                "Rocket.Chat refused the message for %s (HTTP %s: %s); sending the plain-text version",
+                self.destination, result.status, result.reason,
+            )
+            return []
+        logger.error(
+            "Rocket.Chat refused %d notification(s) for %s for good (HTTP %s: %s)",
+            len(batch.jobs), self.destination, result.status, result.reason,
+        )
+        return self._complete(batch, JobState.REFUSED, result.status, result.reason, now)
+
+    def _back_off(self, result: PostResult, now: float) -> None:
+        self.consecutive_failures += 1
+        if result.status == 429:
+            # Wait for the window to reopen: from X-RateLimit-Reset or the "wait N seconds" text.
+            wait = result.wait_seconds if result.wait_seconds is not None else result.rate_limit_reset_seconds
+            self.budget.block_until(now + (wait if wait is not None else BACKOFF_CAP_SECONDS))
+            return
+        step = min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (self.consecutive_failures - 1))
+        self.retry_at = now + step * self.jitter()
+
+    def _requeue(self, batch: Batch) -> None:
+        """After a transient failure the jobs go first again: alone if they had to, else merged with newer ones."""
+        for job in batch.jobs:
+            job.state = JobState.QUEUED
+        if batch.alone:
+            self.alone_batches.appendleft(batch.jobs)
+        else:
+            self.waiting.extendleft(reversed(batch.jobs))
+
+    def _complete(self, batch: Batch, state: str, status: int | None, reason: str, now: float) -> list[Job]:
+        for job in batch.jobs:
+            job.state, job.status, job.reason, job.finished_at = state, status, reason, now
+        return list(batch.jobs)
+

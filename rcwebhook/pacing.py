@@ -1,0 +1,110 @@
+"""Pacing posts to one hook URL so Rocket.Chat's rate limiter is never tripped (pure: the clock is passed in)."""
+
+from __future__ import annotations
+
+import collections
+import re
+from dataclasses import dataclass
+
+# Rocket.Chat's default: 10 requests per 60 s per hook URL per client (API_Enable_Rate_Limiter_Limit_Calls_Default,
+# ..._Time_Default), counting refused and failed requests too.
+DEFAULT_RATE_LIMIT_TEXT = "10/60s"
+RATE_LIMIT_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|m)?\s*$")
+# While fewer than this share of the window's posts were made, a post goes at once (3 of Rocket.Chat's 10); past
+# it, posts are spaced so that waiting notifications share them and the rest of the budget lasts the window.
+BURST_SHARE = 0.3
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `count` posts in any trailing `window_seconds`; count 0 switches pacing off."""
+
+    count: int
+    window_seconds: float
+
+    @property
+    def enabled(self) -> bool:
+        return self.count > 0
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.window_seconds:g}s" if self.enabled else "off"
+
+
+def parse_rate_limit(text: str) -> RateLimit:
+    """ "10/60s" (or "10/60", "10/1m") → RateLimit; "0" or "off" → pacing off. ValueError when unreadable."""
+    cleaned = text.strip().lower()
+    if cleaned in ("0", "off"):
+        return RateLimit(0, 0.0)
+    match = RATE_LIMIT_PATTERN.match(cleaned)
+    if not match:
+        raise ValueError(f"expected <posts>/<seconds>s such as {DEFAULT_RATE_LIMIT_TEXT}, or 0 for off")
+    count, window = int(match.group(1)), float(match.group(2))
+    if match.group(3) == "m":
+        window *= 60
+    if count <= 0 or window <= 0:
+        raise ValueError("posts and seconds must both be above 0 (use 0 alone to switch pacing off)")
+    return RateLimit(count, window)
+
+
+class PostBudget:
+    """The attempts made to one hook URL in the trailing window, and when the next one may go."""
+
+    def __init__(self, limit: RateLimit):
+        self.limit = limit
+        self.attempt_times: collections.deque[float] = collections.deque()
+        # What Rocket.Chat's own X-RateLimit-* headers said: another client may share the budget.
+        self.server_remaining: int | None = None
+        self.server_reset_at: float = 0.0
+
+    def _forget_old(self, now: float) -> None:
+        while self.attempt_times and self.attempt_times[0] <= now - self.limit.window_seconds:
+            self.attempt_times.popleft()
+
+    def used(self, now: float) -> int:
+        self._forget_old(now)
+        return len(self.attempt_times)
+
+    def record_attempt(self, at: float) -> None:
+        """Count one post. Rocket.Chat counts on arrival, which is no later than when its answer came back."""
+        if self.limit.enabled:
+            self.attempt_times.append(at)
+        if self.server_remaining is not None and at < self.server_reset_at:
+            self.server_remaining = max(0, self.server_remaining - 1)
+
+    def observe_server(self, now: float, remaining: int | None, reset_in_seconds: float | None) -> None:
+        """Follow Rocket.Chat's X-RateLimit-Remaining/-Reset when they leave less than our own count does."""
+        if remaining is None or reset_in_seconds is None:
+            return
+        self.server_remaining = remaining
+        self.server_reset_at = now + max(0.0, reset_in_seconds)
+
+    def block_until(self, at: float) -> None:
+        """Rocket.Chat answered 429: nothing more until its window reopens."""
+        self.server_remaining = 0
+        self.server_reset_at = max(self.server_reset_at, at)
+
+    def earliest_post_at(self, now: float, last_post_at: float | None) -> float:
+        """When the next post may go: the hard limit, Rocket.Chat's word, then spacing as the budget runs low."""
+        earliest = now
+        if self.server_remaining == 0 and now < self.server_reset_at:
+            earliest = self.server_reset_at
+        if not self.limit.enabled:
+            return earliest
+        used = self.used(now)
+        count, window = self.limit.count, self.limit.window_seconds
+        if used >= count:
+            # The oldest attempt in the window must leave it first.
+            return max(earliest, self.attempt_times[used - count] + window)
+        if self.server_remaining is not None and now < self.server_reset_at:
+            used = max(used, count - self.server_remaining)  # another client shares Rocket.Chat's count
+        burst_posts = max(1, int(count * BURST_SHARE))
+        if used < burst_posts or last_post_at is None:
+            return earliest
+        # The even gap that makes the posts left after the burst last the whole window: the first burst post
+        # leaves the window just as the last spaced one is due, so a steady stream never meets an empty budget
+        # (at 10/60s: 7.5 s, within the 8 s delivery deadline).
+        gap_seconds = window / (count - burst_posts + 1)
+        return max(earliest, last_post_at + gap_seconds)
+
+    def seconds_until_post(self, now: float, last_post_at: float | None) -> float:
+        return max(0.0, self.earliest_post_at(now, last_post_at) - now)
