@@ -92,13 +92,14 @@ class Config:
 
 
 def secret_parts_of_url(url: str) -> list[str]:
-    """The URL itself and the pieces that grant posting: the path below /hooks/ and each path segment of it."""
+    """The URL itself and the pieces that grant posting: its path and the token (the path's last segment)."""
     parsed = urllib.parse.urlsplit(url)
     parts = [url, parsed.path]
-    segments = [segment for segment in parsed.path.split("/") if segment and segment != "hooks"]
-    # /hooks/<integrationId>/<token>: the token is the last segment; the id alone does not grant posting, but the
-    # pair does, so both are treated as secret. Short segments are skipped so words like "api" are not redacted.
-    parts.extend(segment for segment in segments if len(segment) >= 6)
+    segments = [segment for segment in parsed.path.split("/") if segment]
+    # /hooks/<integrationId>/<token> (or the legacy /hooks/<id>/<userId>/<token>): the token grants posting.
+    # The integration id alone does not, and stays readable in logs.
+    if len(segments) >= 2:
+        parts.append(segments[-1])
     if parsed.password:
         parts.append(parsed.password)
     if parsed.query:
@@ -246,9 +247,10 @@ def describe_config(config: Config) -> list[str]:
         parsed = urllib.parse.urlsplit(destination.url)
         severities = [name for name, routed in config.routes.items() if routed.url == destination.url]
         port = f":{parsed.port}" if parsed.port else ""
+        # No scheme://: log redaction removes anything shaped like a URL.
         lines.append(
-            f"destination {destination.name}: {parsed.scheme}://{parsed.hostname}{port}/hooks/<redacted>"
-            f" for {', '.join(severities)}"
+            f"destination {destination.name}: Rocket.Chat at {parsed.hostname}{port} ({parsed.scheme}, "
+            f"hook path not shown) for {', '.join(severities)}"
         )
     return lines
 
