@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -72,14 +73,16 @@ class Dispatcher:
         self.running = False
         self.stopping = False
         self.threads: list[threading.Thread] = []
+        self.started_in_pid = 0
 
     # -- life cycle ---------------------------------------------------------------------------------------------
 
     def start(self) -> "Dispatcher":
         with self.condition:
-            if self.running:
+            if self.running and self.started_in_pid == os.getpid():
                 return self
-            self.running = True
+            # Threads do not survive a fork (gunicorn --preload imports the app in the master): start them anew.
+            self.running, self.started_in_pid, self.threads = True, os.getpid(), []
         for queue in self.queues.values():
             thread = threading.Thread(
                 target=self._work, args=(queue,), name=f"post-{queue.destination.name}", daemon=True
@@ -128,6 +131,8 @@ class Dispatcher:
         self, notification: Notification, parts: Sequence[tuple[Destination, Sequence[Alert]]], body_bytes: int
     ) -> Submission:
         """Queue one notification's alerts, one job per hook; raises Overloaded when memory is at its bound."""
+        if self.started_in_pid != os.getpid():
+            self.start()
         now = self.clock()
         with self.condition:
             if self.stopping or not self.running:
