@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 import json
 import logging
 import os
 from typing import Mapping
 
 from flask import Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
@@ -19,6 +21,7 @@ from .config import Config, describe_config, load_config
 from .delivery import DeliveryReport, DeliveryState, answer_status
 from .dispatcher import Dispatcher, Overloaded
 from .formatting import classify_severity
+from .metrics import Metrics
 from .logs import configure_logging, quiet_library_loggers
 from .model import FIRING, Notification, PayloadError
 from .payload import parse_notification
@@ -55,6 +58,20 @@ def _presented_token() -> str:
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     return request.headers.get("X-API-Key", "").strip()
+
+
+def bearer_token_matches(expected_token: str) -> bool:
+    """Constant-time check of an Authorization: Bearer token."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    presented = credentials.strip() if scheme.lower() == "bearer" else ""
+    return hmac.compare_digest(presented.encode("utf-8"), expected_token.encode("utf-8"))
+
+
+def count_alerts(metrics: Metrics, notification: Notification, severity_label: str) -> None:
+    for alert in notification.alerts:
+        metrics.alerts_received.labels(alert.status, classify_severity(alert.labels, severity_label)).inc()
+    if notification.skipped:
+        metrics.alerts_skipped.inc(len(notification.skipped))
 
 
 def token_accepted(expected_token: str) -> bool:
@@ -145,7 +162,12 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes  # bounds reading a body sent without a length
     app.extensions["rcwebhook.config"] = config
-    dispatcher = Dispatcher(client or RocketChatClient(redactor), config, format_options(config)).start()
+    metrics = Metrics()
+    metrics.prime(destination.name for destination in config.destinations)
+    app.extensions["rcwebhook.metrics"] = metrics
+    dispatcher = Dispatcher(
+        client or RocketChatClient(redactor), config, format_options(config), metrics=metrics
+    ).start()
     app.extensions["rcwebhook.dispatcher"] = dispatcher
     # Requests waiting for Rocket.Chat hold a thread each; past the bound, 503 at once (Alertmanager retries).
     waiting_slots = threading.BoundedSemaphore(config.max_waiting_requests)
@@ -161,13 +183,15 @@ def create_app(
     if not config.webhook_token:
         logger.warning("WEBHOOK_TOKEN is not set: POST /webhook is open to anyone who can reach this port")
 
-    def overloaded(reason: str) -> Response:
+    def overloaded(reason: str, kind: str) -> Response:
+        metrics.overloaded.labels(kind).inc()
         logger.error("answered 503 at once: %s", reason)
         return error_response(503, f"the relay is overloaded: {reason}; retry later", {"Retry-After": "5"})
 
     @app.post("/webhook")
     def receive_webhook() -> Response:
         if config.webhook_token and not token_accepted(config.webhook_token):
+            metrics.auth_failures.inc()
             return error_response(
                 401,
                 "missing or wrong token: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
@@ -176,10 +200,14 @@ def create_app(
         if request.content_length is not None and request.content_length > config.max_body_bytes:
             return too_large()
         if not waiting_slots.acquire(blocking=False):
-            return overloaded(f"{config.max_waiting_requests} requests already waiting (MAX_WAITING_REQUESTS)")
+            return overloaded(
+                f"{config.max_waiting_requests} requests already waiting (MAX_WAITING_REQUESTS)", "waiting_requests"
+            )
+        metrics.requests_waiting.inc()
         try:
             return deliver_request()
         finally:
+            metrics.requests_waiting.dec()
             waiting_slots.release()
 
     def deliver_request() -> Response:
@@ -199,11 +227,12 @@ def create_app(
                 extra["hint"] = JSON_HINT
             return error_response(error.status, error.message, **extra)
         log_alerts(notification, config.severity_label)
+        count_alerts(metrics, notification, config.severity_label)
         parts = route_alerts(notification, config)
         try:
             submission = dispatcher.submit(notification, parts, len(body))
         except Overloaded as error:
-            return overloaded(str(error))
+            return overloaded(str(error), "queued_bytes" if "BYTES" in str(error) else "shutting_down")
         # The deadline is enforced here, where the request waits, whatever the outbound call is doing.
         dispatcher.wait(submission, answer_within_seconds - (dispatcher.clock() - started))
         reports = [DeliveryReport.of(job, joined) for job, joined in zip(submission.jobs, submission.joined)]
@@ -234,6 +263,28 @@ def create_app(
         headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else None
         return json_response(answer, status, headers)
 
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        if config.metrics_token and not bearer_token_matches(config.metrics_token):
+            return error_response(
+                401, "missing or wrong token: send 'Authorization: Bearer <METRICS_TOKEN>'",
+                {"WWW-Authenticate": 'Bearer realm="rocketchat-webhook metrics"'},
+            )
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.before_request
+    def start_timer() -> None:
+        request.environ["rcwebhook.started"] = time.monotonic()
+
+    @app.after_request
+    def count_request(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        started = request.environ.get("rcwebhook.started")
+        if started is not None:
+            metrics.request_duration.labels(route).observe(time.monotonic() - started)
+        return response
+
     @app.get("/ready")
     def ready() -> Response:
         if dispatcher.ready:
@@ -246,6 +297,7 @@ def create_app(
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_error: Exception | None = None) -> Response:
+        metrics.bodies_too_large.inc()
         logger.error("refused a body larger than MAX_BODY_BYTES=%d", config.max_body_bytes)
         return error_response(
             413,

@@ -59,6 +59,7 @@ class Config:
     routes: Mapping[str, Destination]  # every key of SEVERITIES plus UNKNOWN_SEVERITY
     severity_label: str = DEFAULT_SEVERITY_LABEL
     webhook_token: str = field(default="", repr=False)
+    metrics_token: str = field(default="", repr=False)
     mentions: Mapping[str, str] = field(default_factory=dict)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -85,7 +86,7 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line, an answer or an error."""
-        values = [self.webhook_token]
+        values = [self.webhook_token, self.metrics_token]
         for destination in self.destinations:
             values.extend(secret_parts_of_url(destination.url))
         return tuple(sorted({value for value in values if value}, key=len, reverse=True))
@@ -215,6 +216,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         routes=_routes(environ),
         severity_label=severity_label,
         webhook_token=_read_setting(environ, "WEBHOOK_TOKEN"),
+        metrics_token=_read_setting(environ, "METRICS_TOKEN"),
         mentions=mentions,
         host=environ.get("HOST", "").strip() or DEFAULT_HOST,
         port=_port(environ),

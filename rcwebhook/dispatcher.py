@@ -12,8 +12,9 @@ from typing import Callable, Sequence
 from .client import Outcome, PostResult, RocketChatClient
 from .config import Config, Destination
 from .formatting import FormatOptions, build_message, build_plain_text_message, validate_message
-from .hookqueue import Batch, HookQueue, Job, dedup_key
+from .hookqueue import Batch, HookQueue, Job, JobState, dedup_key
 from .merging import merge_notifications
+from .metrics import Metrics
 from .model import Alert, Notification
 
 logger = logging.getLogger("rcwebhook.delivery")
@@ -59,8 +60,10 @@ class Dispatcher:
         options: FormatOptions,
         *,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ):
         self.client = client
+        self.metrics = metrics or Metrics()
         self.options = options
         self.clock = clock
         self.max_queued_bytes = config.max_queued_bytes
@@ -142,9 +145,13 @@ class Dispatcher:
             submission = Submission([], [])
             for destination, alerts in parts:
                 job = Job(destination, notification, tuple(alerts), dedup_key(notification, alerts), body_bytes)
-                queued, joined = self.queues[destination.url].submit(job, now)
-                if not joined:
+                queue = self.queues[destination.url]
+                queued, joined = queue.submit(job, now)
+                if joined:
+                    self.metrics.deduplicated.labels(destination.name).inc()
+                else:
                     self.queued_bytes += body_bytes
+                self.metrics.queued.labels(destination.name).set(len(queue.pending_jobs()))
                 submission.jobs.append(queued)
                 submission.joined.append(joined)
             self.condition.notify_all()
@@ -166,18 +173,25 @@ class Dispatcher:
 
     def _next_batch(self, queue: HookQueue) -> Batch | None:
         with self.condition:
+            held_since = None
             while self.running:
                 now = self.clock()
                 due = queue.due_at(now)
                 if due is not None and due <= now:
+                    if held_since is not None:
+                        self.metrics.rate_limit_wait.labels(queue.destination.name).inc(now - held_since)
                     return queue.take_batch(now)
+                if due is not None and held_since is None and queue.retry_at <= now:
+                    held_since = now  # held by pacing or Rocket.Chat's limit, not by a failure's backoff
                 self.condition.wait(None if due is None else due - now)
         return None
 
     def _work(self, queue: HookQueue) -> None:
+        name = queue.destination.name
         while (batch := self._next_batch(queue)) is not None:
             result = None
             started = self.clock()
+            is_retry = queue.consecutive_failures > 0
             if batch.parts:
                 try:
                     message = compose(batch, self.options)
@@ -185,12 +199,35 @@ class Dispatcher:
                 except Exception:  # noqa: BLE001 - a worker that dies would silently stop a channel's alerts
                     logger.exception("internal error while posting to %s", queue.destination)
                     result = PostResult(Outcome.TRANSIENT, None, "internal error in the relay")
+            elapsed_seconds = self.clock() - started
             with self.condition:
                 finished = queue.finish(batch, result, self.clock())
                 for job in finished:
                     self.queued_bytes -= job.size_bytes
+                self.metrics.queued.labels(name).set(len(queue.pending_jobs()))
                 self.condition.notify_all()
-            log_post(queue.destination, batch, result, (self.clock() - started) * 1000)
+            if result is not None:
+                self._count_post(name, batch, result, elapsed_seconds, is_retry, finished)
+            log_post(queue.destination, batch, result, elapsed_seconds * 1000)
+
+    def _count_post(
+        self, name: str, batch: Batch, result: PostResult, elapsed_seconds: float, is_retry: bool, finished: list[Job]
+    ) -> None:
+        metrics = self.metrics
+        metrics.posts.labels(name, result.outcome.value).inc()
+        metrics.post_duration.labels(name).observe(elapsed_seconds)
+        metrics.rocketchat_responses.labels(name, str(result.status) if result.status else "none").inc()
+        if is_retry:
+            metrics.retries.labels(name).inc()
+        if result.status == 429:
+            metrics.rate_limited.labels(name).inc()
+        if len(batch.jobs) > 1 and result.outcome is Outcome.DELIVERED:
+            metrics.merged.labels(name).inc(len(batch.jobs))
+        for job in finished:
+            if job.state == JobState.DELIVERED_PLAIN_TEXT:
+                metrics.fallbacks.labels(name).inc()
+            elif job.state == JobState.REFUSED:
+                metrics.refusals.labels(name).inc()
 
 
 def log_post(destination: Destination, batch: Batch, result: PostResult | None, elapsed_ms: float) -> None:

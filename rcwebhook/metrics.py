@@ -1,0 +1,110 @@
+"""The relay's Prometheus metrics, in a registry of its own per app (so tests can build many apps)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+
+from . import __version__
+
+PREFIX = "rocketchat_webhook"
+# Request latency buckets up to past the 8 s delivery deadline; a storm makes answers wait for the rate limit.
+REQUEST_DURATION_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 6, 8, 10, 15)
+POST_DURATION_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
+
+
+class Metrics:
+    """Every metric the relay exports. Labels name destinations by severity, never by URL."""
+
+    def __init__(self) -> None:
+        # The *_created series double every counter's output and no rule of ours reads them.
+        disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        Info(f"{PREFIX}_build", "Version of the relay.", registry=registry).info({"version": __version__})
+        self.requests = Counter(
+            f"{PREFIX}_http_requests_total", "HTTP requests answered, by route and status.",
+            ["route", "method", "status"], registry=registry,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds", "Time to answer an HTTP request.", ["route"],
+            buckets=REQUEST_DURATION_BUCKETS_SECONDS, registry=registry,
+        )
+        self.requests_waiting = Gauge(
+            f"{PREFIX}_requests_waiting", "POST /webhook requests waiting for Rocket.Chat now.", registry=registry
+        )
+        self.bodies_too_large = Counter(
+            f"{PREFIX}_bodies_too_large_total", "Bodies refused with 413 for exceeding MAX_BODY_BYTES.",
+            registry=registry,
+        )
+        self.overloaded = Counter(
+            f"{PREFIX}_overloaded_total", "Requests answered 503 at once because the relay was at a bound.",
+            ["reason"], registry=registry,
+        )
+        self.alerts_received = Counter(
+            f"{PREFIX}_alerts_received_total", "Usable alerts received, by status and severity.",
+            ["status", "severity"], registry=registry,
+        )
+        self.alerts_skipped = Counter(
+            f"{PREFIX}_alerts_skipped_total", "Entries of alerts that carried no usable alert.", registry=registry
+        )
+        self.posts = Counter(
+            f"{PREFIX}_posts_total", "Posts to Rocket.Chat, by destination and outcome "
+            "(delivered, content_refused, permanent, transient).", ["destination", "outcome"], registry=registry,
+        )
+        self.post_duration = Histogram(
+            f"{PREFIX}_post_duration_seconds", "Time one post to Rocket.Chat took.", ["destination"],
+            buckets=POST_DURATION_BUCKETS_SECONDS, registry=registry,
+        )
+        self.rocketchat_responses = Counter(
+            f"{PREFIX}_rocketchat_responses_total", "Rocket.Chat's HTTP answers by code (none: no answer).",
+            ["destination", "code"], registry=registry,
+        )
+        self.retries = Counter(
+            f"{PREFIX}_post_retries_total", "Posts that repeat one that failed transiently.", ["destination"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            f"{PREFIX}_rate_limited_total", "429 answers from Rocket.Chat.", ["destination"], registry=registry
+        )
+        self.rate_limit_wait = Counter(
+            f"{PREFIX}_rate_limit_wait_seconds_total",
+            "Seconds notifications were held back by pacing or Rocket.Chat's rate limit.", ["destination"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            f"{PREFIX}_plain_text_fallbacks_total",
+            "Notifications delivered as plain text after Rocket.Chat refused the rich message.", ["destination"],
+            registry=registry,
+        )
+        self.refusals = Counter(
+            f"{PREFIX}_refusals_total", "Notifications Rocket.Chat refused for good (answered 502).",
+            ["destination"], registry=registry,
+        )
+        self.merged = Counter(
+            f"{PREFIX}_notifications_merged_total", "Notifications that shared a post with others.",
+            ["destination"], registry=registry,
+        )
+        self.deduplicated = Counter(
+            f"{PREFIX}_notifications_deduplicated_total",
+            "Notifications that repeated one delivered, queued or in flight, and joined it.", ["destination"],
+            registry=registry,
+        )
+        self.queued = Gauge(
+            f"{PREFIX}_notifications_queued", "Notifications waiting for a post or in flight.", ["destination"],
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            f"{PREFIX}_auth_failures_total", "Requests refused for a missing or wrong token.", registry=registry
+        )
+
+    def prime(self, destination_names: Iterable[str]) -> None:
+        """Create every destination's series at zero, so alert rules see 0 rather than nothing before a failure."""
+        for name in destination_names:
+            for outcome in ("delivered", "content_refused", "permanent", "transient"):
+                self.posts.labels(name, outcome)
+            for counter in (self.retries, self.rate_limited, self.rate_limit_wait, self.fallbacks, self.refusals,
+                            self.merged, self.deduplicated):
+                counter.labels(name)
+            self.queued.labels(name).set(0)
