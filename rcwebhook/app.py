@@ -16,13 +16,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
 from .attachments import alert_name, annotation
+from .auth import FailedAuthLimiter, TokenSource
 from .client import RocketChatClient
 from .config import Config, describe_config, load_config
 from .delivery import DeliveryReport, DeliveryState, answer_status
 from .dispatcher import Dispatcher, Overloaded
 from .formatting import classify_severity
 from .metrics import Metrics
-from .logs import configure_logging, quiet_library_loggers
+from .logs import configure_logging, new_request_id, quiet_library_loggers, request_id_var
 from .model import FIRING, Notification, PayloadError
 from .payload import parse_notification
 from .redact import Redactor
@@ -72,11 +73,6 @@ def count_alerts(metrics: Metrics, notification: Notification, severity_label: s
         metrics.alerts_received.labels(alert.status, classify_severity(alert.labels, severity_label)).inc()
     if notification.skipped:
         metrics.alerts_skipped.inc(len(notification.skipped))
-
-
-def token_accepted(expected_token: str) -> bool:
-    """Constant-time check of the bearer token or X-API-Key against WEBHOOK_TOKEN."""
-    return hmac.compare_digest(_presented_token().encode("utf-8"), expected_token.encode("utf-8"))
 
 
 READ_CHUNK_BYTES = 64 * 1024
@@ -180,7 +176,11 @@ def create_app(
         "pacing %s per hook, de-duplication window %gs, at most %d waiting requests",
         config.rate_limit, config.dedup_window_seconds, config.max_waiting_requests,
     )
-    if not config.webhook_token:
+    tokens = TokenSource(
+        config.webhook_token, config.webhook_token_file, config.webhook_token_previous, on_new_token=redactor.add
+    )
+    failed_auth = FailedAuthLimiter()
+    if not tokens.enabled:
         logger.warning("WEBHOOK_TOKEN is not set: POST /webhook is open to anyone who can reach this port")
 
     def overloaded(reason: str, kind: str) -> Response:
@@ -190,8 +190,13 @@ def create_app(
 
     @app.post("/webhook")
     def receive_webhook() -> Response:
-        if config.webhook_token and not token_accepted(config.webhook_token):
+        if tokens.enabled and not tokens.accepts(_presented_token()):
             metrics.auth_failures.inc()
+            address = request.remote_addr or "unknown"
+            if failed_auth.record_failure(address):
+                # Only failed authentications are slowed: a client with the right token is never refused for volume.
+                logger.warning("too many failed authentications from %s: answering 429", address)
+                return error_response(429, "too many failed authentications; wait a minute", {"Retry-After": "60"})
             return error_response(
                 401,
                 "missing or wrong token: send 'Authorization: Bearer <token>' or 'X-API-Key: <token>'",
@@ -273,8 +278,11 @@ def create_app(
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
 
     @app.before_request
-    def start_timer() -> None:
+    def start_request() -> None:
         request.environ["rcwebhook.started"] = time.monotonic()
+        request_id = new_request_id(request.headers.get("X-Request-ID"))
+        request.environ["rcwebhook.request_id"] = request_id
+        request.environ["rcwebhook.request_id_token"] = request_id_var.set(request_id)
 
     @app.after_request
     def count_request(response: Response) -> Response:
@@ -283,7 +291,15 @@ def create_app(
         started = request.environ.get("rcwebhook.started")
         if started is not None:
             metrics.request_duration.labels(route).observe(time.monotonic() - started)
+        if "rcwebhook.request_id" in request.environ:
+            response.headers["X-Request-ID"] = request.environ["rcwebhook.request_id"]
         return response
+
+    @app.teardown_request
+    def end_request(_error: BaseException | None) -> None:
+        token = request.environ.pop("rcwebhook.request_id_token", None)
+        if token is not None:
+            request_id_var.reset(token)
 
     @app.get("/ready")
     def ready() -> Response:

@@ -60,11 +60,14 @@ class Config:
     severity_label: str = DEFAULT_SEVERITY_LABEL
     webhook_token: str = field(default="", repr=False)
     metrics_token: str = field(default="", repr=False)
+    webhook_token_file: str = ""  # re-read when it changes, so the token rotates without a restart
+    webhook_token_previous: str = field(default="", repr=False)  # also accepted while set, during a rotation
     mentions: Mapping[str, str] = field(default_factory=dict)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     log_level: str = "INFO"
     log_file: str = ""
+    log_format: str = "text"  # or "json": one object per line
     alias: str = ""
     emoji: str = ""
     avatar_url: str = ""
@@ -86,7 +89,7 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line, an answer or an error."""
-        values = [self.webhook_token, self.metrics_token]
+        values = [self.webhook_token, self.metrics_token, self.webhook_token_previous]
         for destination in self.destinations:
             values.extend(secret_parts_of_url(destination.url))
         return tuple(sorted({value for value in values if value}, key=len, reverse=True))
@@ -201,8 +204,17 @@ def _rate_limit(environ: Mapping[str, str]) -> RateLimit:
         raise ConfigError(f"ROCKETCHAT_RATE_LIMIT={raw!r}: {error}") from None
 
 
+def _log_format(environ: Mapping[str, str]) -> str:
+    raw = environ.get("LOG_FORMAT", "").strip().lower() or "text"
+    if raw not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {raw!r}")
+    return raw
+
+
 def load_config(environ: Mapping[str, str]) -> Config:
     """Build and validate the configuration; raises ConfigError naming the first bad variable."""
+    if environ.get("WEBHOOK_TOKEN_PREVIOUS", "").strip() and not _read_setting(environ, "WEBHOOK_TOKEN"):
+        raise ConfigError("WEBHOOK_TOKEN_PREVIOUS is set but WEBHOOK_TOKEN is not: set the current token too")
     avatar_url = environ.get("ROCKETCHAT_AVATAR_URL", "").strip()
     if avatar_url and not avatar_url.startswith(("http://", "https://")):
         raise ConfigError("ROCKETCHAT_AVATAR_URL must be an http:// or https:// URL")
@@ -217,11 +229,14 @@ def load_config(environ: Mapping[str, str]) -> Config:
         severity_label=severity_label,
         webhook_token=_read_setting(environ, "WEBHOOK_TOKEN"),
         metrics_token=_read_setting(environ, "METRICS_TOKEN"),
+        webhook_token_file=environ.get("WEBHOOK_TOKEN_FILE", "").strip(),
+        webhook_token_previous=_read_setting(environ, "WEBHOOK_TOKEN_PREVIOUS"),
         mentions=mentions,
         host=environ.get("HOST", "").strip() or DEFAULT_HOST,
         port=_port(environ),
         log_level=_log_level(environ),
         log_file=environ.get("LOG_FILE", "").strip(),
+        log_format=_log_format(environ),
         alias=environ.get("ROCKETCHAT_ALIAS", "").strip(),
         emoji=environ.get("ROCKETCHAT_EMOJI", "").strip(),
         avatar_url=avatar_url,

@@ -1,16 +1,74 @@
-"""Logging set-up: one handler, every line redacted, libraries kept from logging hook URLs."""
+"""Logging set-up: one handler, every line redacted, a request id on each line, libraries kept from logging URLs."""
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import logging.handlers
+import re
 import sys
+import time
+import uuid
 
 from .config import Config
-from .redact import Redactor, RedactingFormatter
+from .redact import Redactor
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 HANDLER_NAME = "rcwebhook"
+NO_REQUEST = "-"
+# A caller's X-Request-ID is kept only when it is short and plain, so it cannot forge log lines.
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default=NO_REQUEST)
+
+
+def new_request_id(header_value: str | None) -> str:
+    """The caller's X-Request-ID when it is safe to log, else a fresh one."""
+    if header_value and REQUEST_ID_PATTERN.match(header_value):
+        return header_value
+    return uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on every record (NO_REQUEST outside a request, e.g. in post workers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """A text formatter whose whole output, traceback included, passes through a Redactor."""
+
+    def __init__(self, redactor: Redactor):
+        super().__init__(TEXT_FORMAT)
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (LOG_FORMAT=json); every string redacted before it is serialised."""
+
+    converter = time.gmtime  # timestamps in UTC, as the "Z" says
+
+    def __init__(self, redactor: Redactor):
+        super().__init__()
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", NO_REQUEST),
+            "message": self.redactor(record.getMessage()),
+        }
+        if record.exc_info:
+            document["exception"] = self.redactor(self.formatException(record.exc_info))
+        return json.dumps(document, ensure_ascii=False)
 
 
 def quiet_library_loggers() -> None:
@@ -26,7 +84,8 @@ def configure_logging(config: Config, redactor: Redactor) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.set_name(HANDLER_NAME)
-    handler.setFormatter(RedactingFormatter(LOG_FORMAT, redactor))
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter(redactor) if config.log_format == "json" else RedactingFormatter(redactor))
     root = logging.getLogger()
     for existing in list(root.handlers):
         if existing.get_name() == HANDLER_NAME:

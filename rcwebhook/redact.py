@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Iterable
 
@@ -19,19 +18,14 @@ class Redactor:
         # Longest first, so a URL is removed whole before its pieces are looked for.
         self.secrets = tuple(sorted({secret for secret in secrets if secret}, key=len, reverse=True))
 
+    def add(self, secret: str) -> None:
+        """Redact one more value from now on (a rotated token)."""
+        if secret and secret not in self.secrets:
+            self.secrets = tuple(sorted({*self.secrets, secret}, key=len, reverse=True))
+
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         text = URL_PATTERN.sub("<url>", text)
         return HOOK_PATH_PATTERN.sub("/hooks/" + REDACTED, text)
 
-
-class RedactingFormatter(logging.Formatter):
-    """A formatter whose whole output, traceback included, passes through a Redactor."""
-
-    def __init__(self, fmt: str, redactor: Redactor):
-        super().__init__(fmt)
-        self.redactor = redactor
-
-    def format(self, record: logging.LogRecord) -> str:
-        return self.redactor(super().format(record))

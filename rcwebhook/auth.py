@@ -1,0 +1,111 @@
+"""Who may post: the webhook token (rotatable without a restart) and the slowing of failed authentications."""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+logger = logging.getLogger("rcwebhook.auth")
+
+# Failed authentications allowed per client address in the trailing window before 429.
+MAX_FAILURES_PER_WINDOW = 20
+FAILURE_WINDOW_SECONDS = 60.0
+# Bounds the memory of the failure counter under a spray of source addresses.
+MAX_TRACKED_ADDRESSES = 10_000
+# How often the token file's modification time is looked at.
+TOKEN_FILE_CHECK_SECONDS = 1.0
+
+
+class TokenSource:
+    """The accepted tokens: WEBHOOK_TOKEN or the file in WEBHOOK_TOKEN_FILE (re-read when it changes), and
+    WEBHOOK_TOKEN_PREVIOUS while it is set."""
+
+    def __init__(
+        self,
+        token: str,
+        token_file: str = "",
+        previous_token: str = "",
+        on_new_token: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.token = token
+        self.token_file = token_file
+        self.previous_token = previous_token
+        self.on_new_token = on_new_token or (lambda token: None)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._file_mtime_ns = self._mtime_ns()
+        self._next_check = clock() + TOKEN_FILE_CHECK_SECONDS
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+    def _mtime_ns(self) -> int | None:
+        if not self.token_file:
+            return None
+        try:
+            return os.stat(self.token_file).st_mtime_ns
+        except OSError:
+            return None
+
+    def _refresh(self) -> None:
+        """Re-read the token file when its modification time changed (a rotation without a restart)."""
+        if not self.token_file or self.clock() < self._next_check:
+            return
+        with self._lock:
+            self._next_check = self.clock() + TOKEN_FILE_CHECK_SECONDS
+            mtime_ns = self._mtime_ns()
+            if mtime_ns is None or mtime_ns == self._file_mtime_ns:
+                return
+            try:
+                with open(self.token_file, encoding="utf-8") as handle:
+                    new_token = handle.read().strip()
+            except OSError as error:
+                logger.error("cannot re-read WEBHOOK_TOKEN_FILE (%s); keeping the current token", error.strerror)
+                return
+            self._file_mtime_ns = mtime_ns
+            if not new_token:
+                logger.error("WEBHOOK_TOKEN_FILE is empty; keeping the current token")
+                return
+            if new_token != self.token:
+                self.on_new_token(new_token)  # registered as a secret before it can appear anywhere
+                self.token = new_token
+                logger.warning("WEBHOOK_TOKEN_FILE changed: the new token is in force")
+
+    def accepts(self, presented: str) -> bool:
+        """Constant-time comparison against every accepted token (all are compared, whatever matches)."""
+        self._refresh()
+        presented_bytes = presented.encode("utf-8")
+        matched = False
+        for token in (self.token, self.previous_token):
+            if token:
+                matched |= hmac.compare_digest(presented_bytes, token.encode("utf-8"))
+        return matched
+
+
+class FailedAuthLimiter:
+    """Counts failed authentications per client address; only failures are ever slowed."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._failures: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+
+    def record_failure(self, address: str) -> bool:
+        """Count one failure; True when the address is now over the limit (answer 429)."""
+        now = self.clock()
+        with self._lock:
+            times = self._failures.pop(address, None) or collections.deque()
+            while times and times[0] <= now - FAILURE_WINDOW_SECONDS:
+                times.popleft()
+            times.append(now)
+            self._failures[address] = times  # most recent last
+            while len(self._failures) > MAX_TRACKED_ADDRESSES:
+                self._failures.popitem(last=False)
+            return len(times) > MAX_FAILURES_PER_WINDOW
