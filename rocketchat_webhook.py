@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from rcwebhook.cli import CONFIG_ERROR_EXIT_STATUS
 from rcwebhook.config import ConfigError
-
-CONFIG_ERROR_EXIT_STATUS = 2  # systemd's RestartPreventExitStatus=2: a configuration error is not retried
 
 
 def build_app_or_exit():
@@ -24,8 +23,13 @@ def build_app_or_exit():
         raise SystemExit(CONFIG_ERROR_EXIT_STATUS) from None
 
 
-def main() -> int:
-    """Serve with the development server on HOST:PORT."""
+def main(argv=None) -> int:
+    """--check-config, --render BODY.json, or serve with the development server on HOST:PORT."""
+    from rcwebhook.cli import run_command
+
+    status = run_command(argv)
+    if status is not None:
+        return status
     application = build_app_or_exit()
     config = application.extensions["rcwebhook.config"]
     # debug stays off whatever LOG_LEVEL says: the Werkzeug debugger would run code for anyone who reaches it.
