@@ -40,6 +40,8 @@ JSON_HINT = (
 )
 ALERT_LOG_LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING}
 LOG_SUMMARY_MAX_CHARS = 200
+# Threads parsing and queueing bodies at once (the rest wait blocked, off the interpreter lock).
+PROCESSING_THREADS = 2
 
 
 def json_response(document: dict, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -167,6 +169,7 @@ def create_app(
     app.extensions["rcwebhook.dispatcher"] = dispatcher
     # Requests waiting for Rocket.Chat hold a thread each; past the bound, 503 at once (Alertmanager retries).
     waiting_slots = threading.BoundedSemaphore(config.max_waiting_requests)
+    processing_slots = threading.BoundedSemaphore(PROCESSING_THREADS)
     # Answer Alertmanager a little before the deadline so the answer itself is never late.
     answer_within_seconds = max(0.1, config.delivery_deadline_seconds - 0.2)
 
@@ -216,28 +219,18 @@ def create_app(
             waiting_slots.release()
 
     def deliver_request() -> Response:
-        started = dispatcher.clock()
-        body = read_body(config.max_body_bytes)
+        # The deadline counts from when the request reached Flask, time spent queued for a thread included.
+        started = request.environ.get("rcwebhook.started", dispatcher.clock())
+        body = read_body(config.max_body_bytes)  # outside the processing slots: a slow sender blocks no one
         if body is None:
             return too_large()
-        try:
-            document = decode_json_body(body)
-        except ValueError as error:
-            return error_response(400, str(error), hint=JSON_HINT)
-        try:
-            notification = parse_notification(document)
-        except PayloadError as error:
-            extra = {"detail": [problem.as_dict() for problem in error.problems]} if error.problems else {}
-            if error.status == 400:
-                extra["hint"] = JSON_HINT
-            return error_response(error.status, error.message, **extra)
-        log_alerts(notification, config.severity_label)
-        count_alerts(metrics, notification, config.severity_label)
-        parts = route_alerts(notification, config)
-        try:
-            submission = dispatcher.submit(notification, parts, len(body))
-        except Overloaded as error:
-            return overloaded(str(error), "queued_bytes" if "BYTES" in str(error) else "shutting_down")
+        # Few threads at a time do the CPU work of taking a body in: in a storm, a hundred threads all runnable
+        # at once would make /health and /ready wait for the interpreter lock behind every one of them.
+        with processing_slots:
+            accepted = accept_notification(body)
+        if isinstance(accepted, Response):
+            return accepted
+        notification, parts, submission = accepted
         # The deadline is enforced here, where the request waits, whatever the outbound call is doing.
         dispatcher.wait(submission, answer_within_seconds - (dispatcher.clock() - started))
         reports = [DeliveryReport.of(job, joined) for job, joined in zip(submission.jobs, submission.joined)]
@@ -267,6 +260,28 @@ def create_app(
         )
         headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else None
         return json_response(answer, status, headers)
+
+    def accept_notification(body: bytes):
+        """Parse, log, route and queue one body: (notification, parts, submission), or the error Response."""
+        try:
+            document = decode_json_body(body)
+        except ValueError as error:
+            return error_response(400, str(error), hint=JSON_HINT)
+        try:
+            notification = parse_notification(document)
+        except PayloadError as error:
+            extra = {"detail": [problem.as_dict() for problem in error.problems]} if error.problems else {}
+            if error.status == 400:
+                extra["hint"] = JSON_HINT
+            return error_response(error.status, error.message, **extra)
+        log_alerts(notification, config.severity_label)
+        count_alerts(metrics, notification, config.severity_label)
+        parts = route_alerts(notification, config)
+        try:
+            submission = dispatcher.submit(notification, parts, len(body))
+        except Overloaded as error:
+            return overloaded(str(error), "queued_bytes" if "BYTES" in str(error) else "shutting_down")
+        return notification, parts, submission
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:

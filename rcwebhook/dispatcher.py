@@ -151,7 +151,7 @@ class Dispatcher:
                     self.metrics.deduplicated.labels(destination.name).inc()
                 else:
                     self.queued_bytes += body_bytes
-                self.metrics.queued.labels(destination.name).set(len(queue.pending_jobs()))
+                self.metrics.queued.labels(destination.name).set(queue.pending_count)
                 submission.jobs.append(queued)
                 submission.joined.append(joined)
             self.condition.notify_all()
@@ -159,8 +159,11 @@ class Dispatcher:
 
     def wait(self, submission: Submission, timeout_seconds: float) -> bool:
         """Wait until every job of the submission finished; False when the timeout came first."""
-        with self.condition:
-            return self.condition.wait_for(lambda: submission.finished, timeout=max(0.0, timeout_seconds))
+        deadline = self.clock() + timeout_seconds
+        for job in submission.jobs:
+            if not job.done.wait(max(0.0, deadline - self.clock())):
+                return False
+        return True
 
     def retry_after_seconds(self, jobs: Sequence[Job]) -> float:
         """How long until the unfinished jobs' hooks may post again."""
@@ -204,7 +207,7 @@ class Dispatcher:
                 finished = queue.finish(batch, result, self.clock())
                 for job in finished:
                     self.queued_bytes -= job.size_bytes
-                self.metrics.queued.labels(name).set(len(queue.pending_jobs()))
+                self.metrics.queued.labels(name).set(queue.pending_count)
                 self.condition.notify_all()
             if result is not None:
                 self._count_post(name, batch, result, elapsed_seconds, is_retry, finished)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
 
@@ -22,7 +23,11 @@ logger = logging.getLogger("rcwebhook.queue")
 
 # Capped exponential backoff with ±50 % jitter between attempts after a transient failure.
 BACKOFF_FIRST_SECONDS = 0.25
-BACKOFF_CAP_SECONDS = 8.0
+# Low, because pacing already spaces attempts (each one spends Rocket.Chat's budget) and a recovered Rocket.Chat
+# should see the queue again within the delivery deadline.
+BACKOFF_CAP_SECONDS = 4.0
+# Forgetting expired de-duplication entries is a scan: done at most this often (lookups check age themselves).
+FORGET_INTERVAL_SECONDS = 5.0
 
 
 class JobState:
@@ -50,6 +55,8 @@ class Job:
     reason: str = ""
     attempts: int = 0
     finished_at: float | None = None
+    # Set once the job finished: each waiting request waits on its own jobs, so a post wakes only them.
+    done: threading.Event = field(default_factory=threading.Event)
 
     @property
     def finished(self) -> bool:
@@ -108,6 +115,7 @@ class HookQueue:
         self.known: dict[Hashable, Job] = {}  # de-duplication: queued, in flight, or finished within the window
         self.posted_states: dict[Hashable, tuple[str, str, float]] = {}  # alert → (status, startsAt, when)
         self.last_post_at: float | None = None
+        self.next_forget_at = 0.0
         self.retry_at = 0.0
         self.consecutive_failures = 0
 
@@ -115,19 +123,25 @@ class HookQueue:
 
     def submit(self, job: Job, now: float) -> tuple[Job, bool]:
         """Queue a job, or return the equal one already queued, in flight or finished: (job to wait on, joined)."""
-        self._forget_expired(now)
+        if now >= self.next_forget_at:
+            self._forget_expired(now)
+            self.next_forget_at = now + FORGET_INTERVAL_SECONDS
         if job.dedup_key is not None:
             existing = self.known.get(job.dedup_key)
-            if existing is not None:
+            if existing is not None and not self._expired(existing, now):
                 return existing, True
             self.known[job.dedup_key] = job
         self.waiting.append(job)
         return job, False
 
+    def _expired(self, job: Job, now: float) -> bool:
+        """Finished longer ago than the de-duplication window (counted from delivery)."""
+        return job.finished and job.finished_at is not None and job.finished_at <= now - self.dedup_window_seconds
+
     def _forget_expired(self, now: float) -> None:
         horizon = now - self.dedup_window_seconds
         for key, job in list(self.known.items()):
-            if job.finished and job.finished_at is not None and job.finished_at <= horizon:
+            if self._expired(job, now):
                 del self.known[key]
         for identity, (_, _, when) in list(self.posted_states.items()):
             if when <= horizon:
@@ -136,6 +150,12 @@ class HookQueue:
     @property
     def idle(self) -> bool:
         return self.in_flight is None and not self.waiting and not self.alone_batches
+
+    @property
+    def pending_count(self) -> int:
+        """Jobs queued or in flight, counted without building a list (the metrics gauge reads it on every change)."""
+        alone = sum(len(batch) for batch in self.alone_batches)
+        return alone + len(self.waiting) + (len(self.in_flight.jobs) if self.in_flight else 0)
 
     def pending_jobs(self) -> list[Job]:
         jobs = [job for batch in self.alone_batches for job in batch] + list(self.waiting)
@@ -162,18 +182,19 @@ class HookQueue:
             self.waiting.clear()
         for job in batch.jobs:
             job.state = JobState.IN_FLIGHT
-        batch.parts = self._fresh_parts(batch.jobs)
+        batch.parts = self._fresh_parts(batch.jobs, now)
         self.in_flight = batch
         return batch
 
-    def _fresh_parts(self, jobs: Sequence[Job]) -> list[tuple[Notification, list[Alert]]]:
+    def _fresh_parts(self, jobs: Sequence[Job], now: float) -> list[tuple[Notification, list[Alert]]]:
         """Each job's alerts minus stale FIRINGs of occurrences this hook already showed RESOLVED."""
         parts = []
         for job in jobs:
             fresh = []
             for alert in job.alerts:
                 known = self.posted_states.get(alert_identity(alert))
-                if known is None or not is_stale(alert, known[0], known[1]):
+                remembered = known is not None and known[2] > now - self.dedup_window_seconds
+                if not remembered or not is_stale(alert, known[0], known[1]):
                     fresh.append(alert)
             if fresh:
                 parts.append((job.notification, fresh))
@@ -250,5 +271,6 @@ class HookQueue:
     def _complete(self, batch: Batch, state: str, status: int | None, reason: str, now: float) -> list[Job]:
         for job in batch.jobs:
             job.state, job.status, job.reason, job.finished_at = state, status, reason, now
+            job.done.set()
         return list(batch.jobs)
 

@@ -117,7 +117,7 @@ def test_transient_failures_back_off_exponentially_up_to_the_cap_and_keep_the_jo
         due = queue.due_at(now)
         gaps.append(due - now)
         now = due
-    assert gaps == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert gaps == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0]
     assert queued.state == JobState.QUEUED
     post_once(queue, now, OK)
     assert queued.state == JobState.DELIVERED
