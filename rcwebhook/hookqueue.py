@@ -114,7 +114,7 @@ class HookQueue:
         self.in_flight: Batch | None = None
         self.known: dict[Hashable, Job] = {}  # de-duplication: queued, in flight, or finished within the window
         self.posted_states: dict[Hashable, tuple[str, str, float]] = {}  # alert → (status, startsAt, when)
-        self.last_post_at: float | None = None
+        self.last_post_at: float | None = None  # when the last post was sent
         self.next_forget_at = 0.0
         self.retry_at = 0.0
         self.consecutive_failures = 0
@@ -183,6 +183,8 @@ class HookQueue:
         for job in batch.jobs:
             job.state = JobState.IN_FLIGHT
         batch.parts = self._fresh_parts(batch.jobs, now)
+        if batch.parts:
+            self.last_post_at = now  # spacing counts from sending, so Rocket.Chat's latency is not added to it
         self.in_flight = batch
         return batch
 
@@ -205,8 +207,9 @@ class HookQueue:
         self.in_flight = None
         if result is None:
             return self._complete(batch, JobState.DELIVERED, None, "", now)
+        # Rocket.Chat counts a post on arrival, at the latest when its answer came back: the window's count
+        # uses that (cautious) time, while the spacing between posts counts from when each was sent.
         self.budget.record_attempt(now)
-        self.last_post_at = now
         self.budget.observe_server(now, result.rate_limit_remaining, result.rate_limit_reset_seconds)
         for job in batch.jobs:
             job.attempts += 1

@@ -102,7 +102,8 @@ class PostBudget:
             return earliest
         # The even gap that makes the posts left after the burst last the whole window: the first burst post
         # leaves the window just as the last spaced one is due, so a steady stream never meets an empty budget
-        # (at 10/60s: 7.5 s, within the 8 s delivery deadline).
+        # (at 10/60s: 7.5 s between sends, so a request waits at most that plus one post's latency; past the
+        # 8 s deadline it is answered 503 and its re-send joins the queued work).
         gap_seconds = window / (count - burst_posts + 1)
         return max(earliest, last_post_at + gap_seconds)
 
