@@ -7,6 +7,7 @@ from typing import Hashable, Sequence
 
 from .attachments import NO_ALERTNAME, alert_name
 from .model import FIRING, RESOLVED, Alert, Notification, SkippedAlert
+from .timefmt import is_unset
 
 
 def alert_identity(alert: Alert) -> Hashable:
@@ -17,8 +18,17 @@ def alert_identity(alert: Alert) -> Hashable:
 
 
 def is_stale(candidate: Alert, known_status: str, known_starts_at: str) -> bool:
-    """A FIRING of an occurrence already seen RESOLVED is stale (a late retry): it must not win."""
-    return candidate.status == FIRING and known_status == RESOLVED and candidate.starts_at == known_starts_at
+    """A FIRING of an occurrence already seen RESOLVED is stale (a late retry): it must not win.
+
+    Only a real startsAt shows that two alerts are the same occurrence; without one (hand-written bodies), a
+    FIRING after a RESOLVED is taken as new and posted.
+    """
+    return (
+        candidate.status == FIRING
+        and known_status == RESOLVED
+        and not is_unset(candidate.starts_at)
+        and candidate.starts_at == known_starts_at
+    )
 
 
 def newest_alerts(parts: Sequence[tuple[Notification, Sequence[Alert]]]) -> list[tuple[Notification, Alert]]:
