@@ -6,11 +6,14 @@ import sys
 
 from dotenv import load_dotenv
 
-load_dotenv(override=False)  # the real environment wins over .env, as in the app
+# The .env of the working directory; the real environment wins over it, as in the app.
+load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
 
 CONFIG_ERROR_EXIT_STATUS = 2
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8093')}"
+# A PORT that is not a number is reported by on_starting with exit status 2; gunicorn itself would exit 1 on it.
+_port = os.environ.get("PORT", "").strip()
+bind = f"{os.environ.get('HOST', '').strip() or '0.0.0.0'}:{_port if _port.isdigit() else '8093'}"
 # One process: pacing, merging and de-duplication live in its memory, per hook URL.
 workers = 1
 worker_class = "gthread"
@@ -35,7 +38,7 @@ def on_starting(server):
 
     if server.cfg.workers != 1:
         _fail(
-            f"{server.cfg.workers} worker processes asked for (-w or WEB_CONCURRENCY); run exactly 1: pacing to "
+            f"{server.cfg.workers} worker processes asked for (-w/--workers or GUNICORN_CMD_ARGS); run exactly 1: pacing to "
             "Rocket.Chat's rate limit and de-duplication live in one process's memory (use threads to scale)"
         )
     try:

@@ -18,7 +18,7 @@ from . import __version__
 from .attachments import alert_name, annotation
 from .auth import FailedAuthLimiter, TokenSource
 from .client import RocketChatClient
-from .config import Config, describe_config, load_config
+from .config import Config, ConfigError, describe_config, load_config
 from .delivery import DeliveryReport, DeliveryState, answer_status
 from .dispatcher import Dispatcher, Overloaded
 from .formatting import classify_severity
@@ -148,13 +148,16 @@ def create_app(
     if environ is None:
         from dotenv import load_dotenv
 
-        load_dotenv(override=False)  # the real environment wins over .env
+        load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)  # the real environment wins over .env
         environ = os.environ
         setup_logging = True if setup_logging is None else setup_logging
     config = load_config(environ)
     redactor = Redactor(config.secrets)
     if setup_logging:
-        configure_logging(config, redactor)
+        try:
+            configure_logging(config, redactor)
+        except OSError as error:  # checked at load time, but the file can change before it is opened
+            raise ConfigError(f"LOG_FILE={config.log_file!r} cannot be opened: {error.strerror}") from None
     quiet_library_loggers()
 
     app = Flask(__name__)

@@ -36,7 +36,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 def load_environment_config():
     from dotenv import load_dotenv
 
-    load_dotenv(override=False)  # the real environment wins over .env
+    load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)  # the real environment wins over .env
     return load_config(os.environ)
 
 

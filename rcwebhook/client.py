@@ -88,7 +88,7 @@ def _error_text(body_text: str) -> tuple[str, bool]:
     """Rocket.Chat's error text and whether the body was JSON."""
     try:
         document = json.loads(body_text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a deeply nested answer is no answer we understand
         return body_text.strip(), False
     if isinstance(document, dict):
         error = document.get("error") or document.get("message") or ""
@@ -104,7 +104,7 @@ def classify_response(
     if 200 <= status < 300:
         try:
             document = json.loads(body_text)
-        except ValueError:
+        except (ValueError, RecursionError):
             document = None
         if isinstance(document, dict) and document.get("success") is True:
             return Outcome.DELIVERED, "", None

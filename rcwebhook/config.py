@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -204,6 +205,19 @@ def _rate_limit(environ: Mapping[str, str]) -> RateLimit:
         raise ConfigError(f"ROCKETCHAT_RATE_LIMIT={raw!r}: {error}") from None
 
 
+def _log_file(environ: Mapping[str, str]) -> str:
+    path = environ.get("LOG_FILE", "").strip()
+    if not path:
+        return ""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"LOG_FILE={path!r} is a directory; name a file")
+    writable = os.access(path, os.W_OK) if os.path.exists(path) else os.access(directory, os.W_OK | os.X_OK)
+    if not writable:
+        raise ConfigError(f"LOG_FILE={path!r} cannot be written (check the directory exists and its permissions)")
+    return path
+
+
 def _log_format(environ: Mapping[str, str]) -> str:
     raw = environ.get("LOG_FORMAT", "").strip().lower() or "text"
     if raw not in ("text", "json"):
@@ -235,7 +249,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         host=environ.get("HOST", "").strip() or DEFAULT_HOST,
         port=_port(environ),
         log_level=_log_level(environ),
-        log_file=environ.get("LOG_FILE", "").strip(),
+        log_file=_log_file(environ),
         log_format=_log_format(environ),
         alias=environ.get("ROCKETCHAT_ALIAS", "").strip(),
         emoji=environ.get("ROCKETCHAT_EMOJI", "").strip(),

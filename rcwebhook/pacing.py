@@ -56,18 +56,19 @@ class PostBudget:
         self.server_remaining: int | None = None
         self.server_reset_at: float = 0.0
 
-    def _forget_old(self, now: float) -> None:
-        while self.attempt_times and self.attempt_times[0] <= now - self.limit.window_seconds:
-            self.attempt_times.popleft()
+    def _in_window(self, at: float) -> list[float]:
+        """The attempts inside the window that ends at `at` (which may lie ahead: nothing is forgotten here)."""
+        return [time for time in self.attempt_times if time > at - self.limit.window_seconds]
 
     def used(self, now: float) -> int:
-        self._forget_old(now)
-        return len(self.attempt_times)
+        return len(self._in_window(now))
 
     def record_attempt(self, at: float) -> None:
         """Count one post. Rocket.Chat counts on arrival, which is no later than when its answer came back."""
         if self.limit.enabled:
             self.attempt_times.append(at)
+            while self.attempt_times[0] <= at - self.limit.window_seconds:
+                self.attempt_times.popleft()
         if self.server_remaining is not None and at < self.server_reset_at:
             self.server_remaining = max(0, self.server_remaining - 1)
 
@@ -85,27 +86,33 @@ class PostBudget:
 
     def earliest_post_at(self, now: float, last_post_at: float | None) -> float:
         """When the next post may go: the hard limit, Rocket.Chat's word, then spacing as the budget runs low."""
-        earliest = now
-        if self.server_remaining == 0 and now < self.server_reset_at:
-            earliest = self.server_reset_at
+        server_knows = self.server_remaining is not None and now < self.server_reset_at
+        if server_knows and self.server_remaining == 0:
+            # Rocket.Chat's window is spent: nothing before it reopens; then a fresh window on its side, so from
+            # there only our own count and spacing apply.
+            return max(self.server_reset_at, self._own_earliest(self.server_reset_at, last_post_at, None))
+        return self._own_earliest(now, last_post_at, self.server_remaining if server_knows else None)
+
+    def _own_earliest(self, now: float, last_post_at: float | None, server_remaining: int | None) -> float:
         if not self.limit.enabled:
-            return earliest
-        used = self.used(now)
+            return now
+        recent = self._in_window(now)
+        used = len(recent)
         count, window = self.limit.count, self.limit.window_seconds
         if used >= count:
             # The oldest attempt in the window must leave it first.
-            return max(earliest, self.attempt_times[used - count] + window)
-        if self.server_remaining is not None and now < self.server_reset_at:
-            used = max(used, count - self.server_remaining)  # another client shares Rocket.Chat's count
+            return max(now, recent[used - count] + window)
+        if server_remaining is not None:
+            used = max(used, count - server_remaining)  # another client shares Rocket.Chat's count
         burst_posts = max(1, int(count * BURST_SHARE))
         if used < burst_posts or last_post_at is None:
-            return earliest
+            return now
         # The even gap that makes the posts left after the burst last the whole window: the first burst post
         # leaves the window just as the last spaced one is due, so a steady stream never meets an empty budget
         # (at 10/60s: 7.5 s between sends, so a request waits at most that plus one post's latency; past the
         # 8 s deadline it is answered 503 and its re-send joins the queued work).
         gap_seconds = window / (count - burst_posts + 1)
-        return max(earliest, last_post_at + gap_seconds)
+        return max(now, last_post_at + gap_seconds)
 
     def seconds_until_post(self, now: float, last_post_at: float | None) -> float:
         return max(0.0, self.earliest_post_at(now, last_post_at) - now)

@@ -368,3 +368,10 @@ def test_a_slow_rocketchat_in_a_burst_still_never_trips_the_limit():
     answers, posts, rejections = simulate([index * 0.01 for index in range(100)], latency_seconds=2.0)
     assert rejections == 0
     assert sum(answers) >= 90
+
+
+def test_after_rocketchats_window_reopens_only_our_own_count_applies():
+    budget = PostBudget(parse_rate_limit(REAL_LIMIT))
+    budget.record_attempt(0.0)
+    budget.observe_server(0.0, remaining=0, reset_in_seconds=2.0)  # another client spent Rocket.Chat's window
+    assert budget.earliest_post_at(0.5, last_post_at=0.0) == 2.0  # not 2 s plus a spacing gap
