@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VENV_PYTHON := $(VENV)/bin/python
 
-.PHONY: run test test-fast venv dev-venv clean
+.PHONY: run test test-fast test-e2e e2e-tools venv dev-venv clean
 
 $(VENV_PYTHON):
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,18 @@ dev-venv: $(VENV)/.dev-installed
 run: venv
 	VENV_PYTHON=$(VENV_PYTHON) bash scripts/run-demo.sh
 
+## Install the real Alertmanager, Prometheus, docker-compose and systemd-analyze the end-to-end and deploy-file
+## tests run (Debian packages, only those missing, only as root; otherwise those tests skip and say how).
+e2e-tools:
+	bash tests/e2e/install-tools.sh
+
 ## Install everything the tests need and run the whole suite.
-test: dev-venv
+test: dev-venv e2e-tools
 	$(VENV_PYTHON) -m pytest
+
+## The end-to-end tests alone: real Alertmanager and Prometheus, the relay under gunicorn, the mock Rocket.Chat.
+test-e2e: dev-venv e2e-tools
+	$(VENV_PYTHON) -m pytest -m e2e
 
 ## The fast tests only (no slow or end-to-end ones).
 test-fast: dev-venv
