@@ -211,3 +211,19 @@ def test_render_fails_on_a_bad_body(tmp_path, content):
     result = run_cli("--render", str(body), environ=BASE_ENVIRON, cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.startswith("rocketchat-webhook:")
+
+
+def test_every_relay_metric_the_alert_rules_use_exists_in_the_relays_metrics(client):
+    """A renamed metric must not leave a rule silently dead."""
+    import re
+
+    import yaml
+
+    rules = yaml.safe_load((REPO / "alerting-rules.yml").read_text())
+    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expression in expressions for name in re.findall(r"\brocketchat_webhook_[a-z_]+", expression)}
+    assert len(used) >= 6
+    client.post("/webhook", data=TEST_ALERT)  # so that request histograms have their /webhook series
+    exported = {line.split("{")[0].split(" ")[0]
+                for line in client.get("/metrics").get_data(as_text=True).splitlines() if not line.startswith("#")}
+    assert used <= exported, used - exported
