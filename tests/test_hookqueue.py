@@ -197,15 +197,20 @@ def test_stale_firing_after_a_posted_resolved_is_not_posted_again():
 # -- refusals ----------------------------------------------------------------------------------------------------
 
 
-def test_a_refused_merged_post_is_split_down_to_the_bad_notification():
+def queued_behind_a_post(count):
+    """A queue where `count` notifications waited while another post was in flight, so they go out merged."""
     queue = make_queue()
-    blocker = job(alert("Z"))
-    queue.submit(blocker, 0.0)
+    queue.submit(job(alert("Z")), 0.0)
     in_flight = queue.take_batch(0.0)
-    jobs = [job(alert(f"N{index}")) for index in range(8)]
+    jobs = [job(alert(f"N{index}")) for index in range(count)]
     for queued in jobs:
         queue.submit(queued, 0.0)
     queue.finish(in_flight, OK, 0.0)
+    return queue, jobs
+
+
+def test_a_refused_merged_post_is_split_down_to_the_bad_notification():
+    queue, jobs = queued_behind_a_post(8)
     bad = jobs[5]
     posts = 0
     while queue.due_at(0.0) is not None:
@@ -228,14 +233,7 @@ def test_a_single_content_refusal_gets_the_plain_text_version():
 
 
 def test_a_refusal_no_content_change_can_fix_is_neither_split_nor_retried():
-    queue = make_queue()
-    blocker = job(alert("Z"))
-    queue.submit(blocker, 0.0)
-    in_flight = queue.take_batch(0.0)
-    jobs = [job(alert(f"N{index}")) for index in range(4)]
-    for queued in jobs:
-        queue.submit(queued, 0.0)
-    queue.finish(in_flight, OK, 0.0)
+    queue, jobs = queued_behind_a_post(4)
     post_once(queue, 0.0, WRONG_CHANNEL)
     assert all(queued.state == JobState.REFUSED for queued in jobs)
     assert queue.due_at(0.0) is None

@@ -141,14 +141,44 @@ def parse_metrics(text: str, name: str, **labels: str) -> float:
 
 
 # -- the processes --
-class MockProcess:
-    """mock_server.py as a process, with four hooks (critical, warning, info, default), read over /_mock/."""
+class ServiceProcess:
+    """A started program on a loopback port, ready once READY_PATH answers 200; stopped on any start failure."""
+
+    NAME = "a service"
+    READY_PATH = "/"
 
     def __init__(self, process: ManagedProcess, port: int):
         self.process = process
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.http = http_session()
+
+    def _await_ready(self):
+        try:
+            wait_until(self._ready, START_TIMEOUT_SECONDS, f"{self.NAME} on :{self.port} to be ready")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ready(self) -> bool:
+        if not self.process.running:
+            raise AssertionError(f"{self.NAME} exited: {self.process.stderr()}")
+        try:
+            return self.http.get(f"{self.base_url}{self.READY_PATH}", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        self.http.close()
+        self.process.stop()
+
+
+class MockProcess(ServiceProcess):
+    """mock_server.py as a process, with four hooks (critical, warning, info, default), read over /_mock/."""
+
+    NAME = "the mock Rocket.Chat"
+    READY_PATH = "/_mock/health"
 
     @classmethod
     def start(cls, workdir: Path, *, rate_limit: str = "off") -> "MockProcess":
@@ -158,21 +188,7 @@ class MockProcess:
             [PYTHON, "mock_server.py", "--host", "127.0.0.1", "--port", str(port), "--rate-limit", rate_limit, *hooks],
             env=relay_environ(), cwd=REPO, output_dir=workdir, name="mock",
         )
-        mock = cls(process, port)
-        try:
-            wait_until(mock._ready, START_TIMEOUT_SECONDS, f"the mock Rocket.Chat on :{port}")
-        except BaseException:
-            mock.stop()
-            raise
-        return mock
-
-    def _ready(self) -> bool:
-        if not self.process.running:
-            raise AssertionError(f"the mock exited: {self.process.stderr()}")
-        try:
-            return self.http.get(f"{self.base_url}/_mock/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+        return cls(process, port)._await_ready()
 
     def hook_url(self, name: str) -> str:
         return f"{self.base_url}/hooks/{name}/{name}-token"
@@ -190,21 +206,17 @@ class MockProcess:
     def set_fault(self, hook: str, **fault) -> None:
         self.http.post(f"{self.base_url}/_mock/faults/{hook}", json=fault, timeout=HTTP_TIMEOUT_SECONDS).raise_for_status()
 
-    def stop(self) -> None:
-        self.http.close()
-        self.process.stop()
 
-
-class AlertmanagerProcess:
+class AlertmanagerProcess(ServiceProcess):
     """Debian's Alertmanager on a loopback port with an adapted copy of the shipped alertmanager.yml."""
 
+    NAME = "Alertmanager"
+    READY_PATH = "/-/ready"
+
     def __init__(self, process: ManagedProcess, port: int, config_path: Path, amtool: str):
-        self.process = process
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
+        super().__init__(process, port)
         self.config_path = config_path
         self.amtool = amtool
-        self.http = http_session()
 
     @classmethod
     def start(cls, binary: str, amtool: str, workdir: Path, *, relay_url: str, token_file: Path) -> "AlertmanagerProcess":
@@ -226,21 +238,7 @@ class AlertmanagerProcess:
             ],
             env=relay_environ(), cwd=workdir, output_dir=workdir, name="alertmanager",
         )
-        manager = cls(process, port, config_path, amtool)
-        try:
-            wait_until(manager._ready, START_TIMEOUT_SECONDS, f"Alertmanager on :{port} to be ready")
-        except BaseException:
-            manager.stop()
-            raise
-        return manager
-
-    def _ready(self) -> bool:
-        if not self.process.running:
-            raise AssertionError(f"Alertmanager exited: {self.process.stderr()}")
-        try:
-            return self.http.get(f"{self.base_url}/-/ready", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+        return cls(process, port, config_path, amtool)._await_ready()
 
     def post_alerts(self, alerts: list[dict]) -> None:
         """Fire (or, with endsAt set to now, resolve) alerts through the v2 API, as Prometheus does."""
@@ -273,19 +271,12 @@ class AlertmanagerProcess:
         """The receiver of each flush Alertmanager logged as a success, in order."""
         return re.findall(r'receiver=(\S+) integration=webhook\[\d+\] msg="Notify success"', self.log())
 
-    def stop(self) -> None:
-        self.http.close()
-        self.process.stop()
 
-
-class PrometheusProcess:
+class PrometheusProcess(ServiceProcess):
     """Debian's Prometheus on a loopback port with an adapted copy of the shipped prometheus.yml."""
 
-    def __init__(self, process: ManagedProcess, port: int):
-        self.process = process
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.http = http_session()
+    NAME = "Prometheus"
+    READY_PATH = "/-/ready"
 
     @classmethod
     def start(
@@ -317,30 +308,12 @@ class PrometheusProcess:
             ],
             env=relay_environ(), cwd=workdir, output_dir=workdir, name="prometheus",
         )
-        prometheus = cls(process, port)
-        try:
-            wait_until(prometheus._ready, START_TIMEOUT_SECONDS, f"Prometheus on :{port} to be ready")
-        except BaseException:
-            prometheus.stop()
-            raise
-        return prometheus
-
-    def _ready(self) -> bool:
-        if not self.process.running:
-            raise AssertionError(f"Prometheus exited: {self.process.stderr()}")
-        try:
-            return self.http.get(f"{self.base_url}/-/ready", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+        return cls(process, port)._await_ready()
 
     def api(self, path: str) -> dict:
         answer = self.http.get(f"{self.base_url}/api/v1/{path}", timeout=HTTP_TIMEOUT_SECONDS)
         answer.raise_for_status()
         return answer.json()["data"]
-
-    def stop(self) -> None:
-        self.http.close()
-        self.process.stop()
 
 
 class Stack:
