@@ -410,7 +410,9 @@ class MockRocketChat:
             state.records.append(record)
             self._recorded.notify_all()
         if not self.quiet:
-            print(describe_message(name, message), flush=True)
+            # One write per message, so messages posted at once by two threads do not interleave.
+            sys.stdout.write(describe_message(name, message) + "\n")
+            sys.stdout.flush()
         return self._answer(state, success, limit_headers)
 
     # -- the control API --

@@ -45,9 +45,10 @@ PROCESSING_THREADS = 2
 
 
 def json_response(document: dict, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    """A JSON answer built from a dict."""
+    """A compact JSON answer built from a dict."""
     return Response(
-        json.dumps(document, ensure_ascii=False), status=status, headers=headers, mimetype="application/json"
+        json.dumps(document, ensure_ascii=False, separators=(",", ":")), status=status, headers=headers,
+        mimetype="application/json",
     )
 
 
@@ -152,7 +153,9 @@ def create_app(
         environ = os.environ
         setup_logging = True if setup_logging is None else setup_logging
     config = load_config(environ)
-    redactor = Redactor(config.secrets)
+    # Logs keep URLs that hold no secret (where the relay listens, an alert's links); Rocket.Chat's error texts
+    # lose every URL, as an answer to Alertmanager must name no destination by URL.
+    redactor = Redactor(config.secrets, strip_urls=False)
     if setup_logging:
         try:
             configure_logging(config, redactor)
@@ -167,7 +170,7 @@ def create_app(
     metrics.prime(destination.name for destination in config.destinations)
     app.extensions["rcwebhook.metrics"] = metrics
     dispatcher = Dispatcher(
-        client or RocketChatClient(redactor), config, format_options(config), metrics=metrics
+        client or RocketChatClient(Redactor(config.secrets)), config, format_options(config), metrics=metrics
     ).start()
     app.extensions["rcwebhook.dispatcher"] = dispatcher
     # Requests waiting for Rocket.Chat hold a thread each; past the bound, 503 at once (Alertmanager retries).

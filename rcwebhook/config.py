@@ -278,10 +278,9 @@ def describe_config(config: Config) -> list[str]:
         parsed = urllib.parse.urlsplit(destination.url)
         severities = [name for name, routed in config.routes.items() if routed.url == destination.url]
         port = f":{parsed.port}" if parsed.port else ""
-        # No scheme://: log redaction removes anything shaped like a URL.
         lines.append(
-            f"destination {destination.name}: Rocket.Chat at {parsed.hostname}{port} ({parsed.scheme}, "
-            f"hook path not shown) for {', '.join(severities)}"
+            f"destination {destination.name}: {parsed.scheme}://{parsed.hostname}{port}/hooks/<redacted>"
+            f" for {', '.join(severities)}"
         )
     return lines
 

@@ -12,11 +12,12 @@ HOOK_PATH_PATTERN = re.compile(r"/hooks/[^\s'\"<>)]+")
 
 
 class Redactor:
-    """Removes known secret values, any URL and any /hooks/... path from a text."""
+    """Removes known secret values and any /hooks/... path from a text, and with strip_urls any URL too."""
 
-    def __init__(self, secrets: Iterable[str] = ()):
+    def __init__(self, secrets: Iterable[str] = (), *, strip_urls: bool = True):
         # Longest first, so a URL is removed whole before its pieces are looked for.
         self.secrets = tuple(sorted({secret for secret in secrets if secret}, key=len, reverse=True))
+        self.strip_urls = strip_urls
 
     def add(self, secret: str) -> None:
         """Redact one more value from now on (a rotated token)."""
@@ -26,6 +27,7 @@ class Redactor:
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
-        text = URL_PATTERN.sub("<url>", text)
+        if self.strip_urls:
+            text = URL_PATTERN.sub("<url>", text)
         return HOOK_PATH_PATTERN.sub("/hooks/" + REDACTED, text)
 
