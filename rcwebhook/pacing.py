@@ -13,6 +13,9 @@ RATE_LIMIT_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|m)?\s*$")
 # While fewer than this share of the window's posts were made, a post goes at once (3 of Rocket.Chat's 10); past
 # it, posts are spaced so that waiting notifications share them and the rest of the budget lasts the window.
 BURST_SHARE = 0.3
+# Within that burst, after the first post, a short hold lets notifications arriving together (a storm's groups come
+# within a second) share the next post rather than spend the burst on one group each.
+BURST_GAP_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,10 @@ class PostBudget:
         if server_remaining is not None:
             used = max(used, count - server_remaining)  # another client shares Rocket.Chat's count
         burst_posts = max(1, int(count * BURST_SHARE))
-        if used < burst_posts or last_post_at is None:
-            return now
+        if used == 0 or last_post_at is None:
+            return now  # a lone alert after a quiet window goes at once
+        if used < burst_posts:
+            return max(now, last_post_at + min(BURST_GAP_SECONDS, window / count / 4))
         # The even gap that makes the posts left after the burst last the whole window: the first burst post
         # leaves the window just as the last spaced one is due, so a steady stream never meets an empty budget
         # (at 10/60s: 7.5 s between sends, so a request waits at most that plus one post's latency; past the

@@ -86,8 +86,11 @@ def test_posts_go_at_once_while_the_budget_is_ample_then_are_spaced_to_last_the_
         post_times.append(now)
         last = now
     gaps = [later - earlier for earlier, later in zip(post_times, post_times[1:])]
-    assert post_times[:3] == [0.0, 0.0, 0.0]  # a burst of 3 of the 10 goes at once
-    assert gaps[2:] == [7.5] * 9  # then never an empty budget: a post every 7.5 s, inside the 8 s deadline
+    # A burst of 3 of the 10 goes almost at once: the first at once, the next two held 0.5 s so that a storm's
+    # groups arriving together share them.
+    assert post_times[:3] == [0.0, 0.5, 1.0]
+    assert gaps[2:9] == [7.5] * 7  # then spaced so the rest of the budget lasts the window
+    assert max(gaps) <= 7.5  # never an empty budget: a post at least every 7.5 s, inside the 8 s deadline
 
 
 def test_a_lone_alert_after_a_quiet_window_goes_at_once():
