@@ -13,8 +13,8 @@ import urllib.parse
 import pytest
 
 from tests.helpers import (
-    GUNICORN_COMMAND, REPO, Relay, SilentServer, closed_port, direct_session, free_port, relay_environ,
-    wait_until,
+    DEV_SERVER_COMMAND, GUNICORN_COMMAND, REPO, Relay, SilentServer, closed_port, direct_session, free_port,
+    relay_environ, run_to_exit, wait_until,
 )
 
 sys.path.insert(0, str(REPO))
@@ -536,6 +536,8 @@ def test_webhook_token_is_required_as_bearer_or_api_key(start_relay, mock):
 @pytest.mark.parametrize("log_to", ["stderr-text", "LOG_FILE-json"])
 def test_no_secret_reaches_a_log_an_answer_or_a_header(tmp_path, log_to):
     webhook_token = "RelayInboundSecret-7d1c9e"
+    metrics_token = "MetricsScrapeSecret-5a4b3c"
+    previous_token = "RelayPreviousSecret-2e3f4a"
     hooks = {
         # connection refused
         "critical": f"http://127.0.0.1:{closed_port()}/hooks/RefusedHookId4711/RefusedHookToken-aa11bb22",
@@ -549,6 +551,7 @@ def test_no_secret_reaches_a_log_an_answer_or_a_header(tmp_path, log_to):
         hooks["info"] = echo_mock.hook_url("info")  # answers with bodies that echo its own URL
         hooks["default"] = echo_mock.hook_url("default")  # refuses with a body that echoes its own URL
         extra = {"LOG_LEVEL": "DEBUG", "WEBHOOK_TOKEN": webhook_token, "ROCKETCHAT_RATE_LIMIT": "off",
+                 "WEBHOOK_TOKEN_PREVIOUS": previous_token, "METRICS_TOKEN": metrics_token,
                  "DELIVERY_DEADLINE_SECONDS": str(FAST_DEADLINE_SECONDS)}
         if log_to == "LOG_FILE-json":
             extra.update(LOG_FILE=str(log_file), LOG_FORMAT="json")
@@ -557,17 +560,28 @@ def test_no_secret_reaches_a_log_an_answer_or_a_header(tmp_path, log_to):
                             log_path=log_file if log_to == "LOG_FILE-json" else None)
         try:
             responses = exercise_every_failure(relay, echo_mock, webhook_token)
+            responses.append(relay.post_webhook(webhook_body(alert("WithPrevious", "info")),
+                                                headers={"X-API-Key": previous_token}))
+            for headers in ({}, {"Authorization": f"Bearer {metrics_token}"}):
+                responses.append(relay.http.get(f"{relay.base_url}/metrics", headers=headers, timeout=5))
+            assert [response.status_code for response in responses[-2:]] == [401, 200]
+            assert "rocketchat_webhook_posts_total" in responses[-1].text
             if log_to == "stderr-text":
                 # The silent hook's post times out after the client's 5 s read timeout, well after the answer.
                 wait_until(lambda: "read timeout" in relay.log(), 10, "the relay to log the read timeout")
         finally:
             relay.stop()
 
-    secrets = {webhook_token}
+    check = run_to_exit((*DEV_SERVER_COMMAND, "--check-config"), env=environ, cwd=REPO, output_dir=tmp_path,
+                        name="check-config", timeout_seconds=30)
+    assert check.returncode == 0, check.stderr
+
+    secrets = {webhook_token, metrics_token, previous_token}
     for url in hooks.values():
         path = urllib.parse.urlsplit(url).path
         secrets |= {url, path, path.rsplit("/", 1)[1]}  # the URL, its path, its token
-    places = {"stderr": relay.process.stderr(), "stdout": relay.process.stdout()}
+    places = {"stderr": relay.process.stderr(), "stdout": relay.process.stdout(),
+              "--check-config output": check.stdout + check.stderr}
     if log_to == "LOG_FILE-json":
         places["LOG_FILE"] = log_file.read_text(encoding="utf-8")
         assert "rcwebhook" not in places["stderr"]  # the relay's own lines went to the file...

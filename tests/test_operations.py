@@ -227,3 +227,25 @@ def test_every_relay_metric_the_alert_rules_use_exists_in_the_relays_metrics(cli
     exported = {line.split("{")[0].split(" ")[0]
                 for line in client.get("/metrics").get_data(as_text=True).splitlines() if not line.startswith("#")}
     assert used <= exported, used - exported
+
+
+def test_log_file_is_reopened_after_logrotate_moves_it(tmp_path):
+    from rcwebhook.logs import HANDLER_NAME, configure_logging
+
+    log_file = tmp_path / "relay.log"
+    config = load_config({**BASE_ENVIRON, "LOG_FILE": str(log_file)})
+    root = logging.getLogger()
+    level = root.level
+    configure_logging(config, Redactor(config.secrets))
+    try:
+        logging.getLogger("rcwebhook.test").warning("before rotation")
+        log_file.rename(tmp_path / "relay.log.1")  # what logrotate does (without copytruncate)
+        logging.getLogger("rcwebhook.test").warning("after rotation")
+    finally:
+        for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+    assert "before rotation" in (tmp_path / "relay.log.1").read_text()
+    assert "after rotation" in log_file.read_text()
+    assert "before rotation" not in log_file.read_text()
