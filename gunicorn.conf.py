@@ -4,12 +4,11 @@ import os
 import signal
 import sys
 
-from dotenv import load_dotenv
+from rcwebhook.cli import CONFIG_ERROR_EXIT_STATUS
+from rcwebhook.config import ConfigError, load_config, load_dotenv_from_working_directory
 
-# The .env of the working directory; the real environment wins over it, as in the app.
-load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
-
-CONFIG_ERROR_EXIT_STATUS = 2
+# The .env of the working directory, as in the app; the real environment wins over it.
+load_dotenv_from_working_directory()
 
 # A PORT that is not a number is reported by on_starting with exit status 2; gunicorn itself would exit 1 on it.
 _port = os.environ.get("PORT", "").strip()
@@ -34,8 +33,6 @@ def _fail(message):
 
 def on_starting(server):
     """Check the configuration once in the master, so a bad setting exits 2 instead of respawning workers."""
-    from rcwebhook.config import ConfigError, load_config
-
     if server.cfg.workers != 1:
         _fail(
             f"{server.cfg.workers} worker processes asked for (-w/--workers or GUNICORN_CMD_ARGS); run exactly 1: pacing to "

@@ -18,7 +18,7 @@ from . import __version__
 from .attachments import alert_name, annotation
 from .auth import FailedAuthLimiter, TokenSource
 from .client import RocketChatClient
-from .config import Config, ConfigError, describe_config, load_config
+from .config import Config, ConfigError, describe_config, load_config, load_dotenv_from_working_directory
 from .delivery import DeliveryReport, DeliveryState, answer_status
 from .dispatcher import Dispatcher, Overloaded
 from .formatting import classify_severity
@@ -57,18 +57,18 @@ def error_response(status: int, error: str, headers: Mapping[str, str] | None = 
 
 
 def _presented_token() -> str:
-    authorization = request.headers.get("Authorization", "")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return request.headers.get("X-API-Key", "").strip()
+    """The webhook token as Alertmanager's authorization (Bearer) or an X-API-Key header sends it."""
+    return _bearer_token() or request.headers.get("X-API-Key", "").strip()
+
+
+def _bearer_token() -> str:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
 
 
 def bearer_token_matches(expected_token: str) -> bool:
     """Constant-time check of an Authorization: Bearer token."""
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    presented = credentials.strip() if scheme.lower() == "bearer" else ""
-    return hmac.compare_digest(presented.encode("utf-8"), expected_token.encode("utf-8"))
+    return hmac.compare_digest(_bearer_token().encode("utf-8"), expected_token.encode("utf-8"))
 
 
 def count_alerts(metrics: Metrics, notification: Notification, severity_label: str) -> None:
@@ -147,9 +147,7 @@ def create_app(
 ) -> Flask:
     """Build the relay; with no mapping it reads .env and the environment and sets up logging."""
     if environ is None:
-        from dotenv import load_dotenv
-
-        load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)  # the real environment wins over .env
+        load_dotenv_from_working_directory()
         environ = os.environ
         setup_logging = True if setup_logging is None else setup_logging
     config = load_config(environ)
@@ -213,33 +211,43 @@ def create_app(
             )
         if request.content_length is not None and request.content_length > config.max_body_bytes:
             return too_large()
+        # The deadline counts from when the request reached Flask, time spent queued for a thread included.
+        started = request.environ.get("rcwebhook.started", dispatcher.clock())
+        body = read_body(config.max_body_bytes)  # before taking a slot: a slow sender holds none
+        if body is None:
+            return too_large()
         if not waiting_slots.acquire(blocking=False):
             return overloaded(
                 f"{config.max_waiting_requests} requests already waiting (MAX_WAITING_REQUESTS)", "waiting_requests"
             )
         metrics.requests_waiting.inc()
         try:
-            return deliver_request()
+            return deliver_request(body, started)
         finally:
             metrics.requests_waiting.dec()
             waiting_slots.release()
 
-    def deliver_request() -> Response:
-        # The deadline counts from when the request reached Flask, time spent queued for a thread included.
-        started = request.environ.get("rcwebhook.started", dispatcher.clock())
-        body = read_body(config.max_body_bytes)  # outside the processing slots: a slow sender blocks no one
-        if body is None:
-            return too_large()
+    def deliver_request(body: bytes, started: float) -> Response:
+        def seconds_left() -> float:
+            return answer_within_seconds - (dispatcher.clock() - started)
+
         # Few threads at a time do the CPU work of taking a body in: in a storm, a hundred threads all runnable
         # at once would make /health and /ready wait for the interpreter lock behind every one of them.
-        with processing_slots:
+        if not processing_slots.acquire(timeout=max(0.0, seconds_left())):
+            return overloaded("no time left to take the body in before the delivery deadline", "intake")
+        try:
             accepted = accept_notification(body)
+        finally:
+            processing_slots.release()
         if isinstance(accepted, Response):
             return accepted
         notification, parts, submission = accepted
-        # The deadline is enforced here, where the request waits, whatever the outbound call is doing.
-        dispatcher.wait(submission, answer_within_seconds - (dispatcher.clock() - started))
-        reports = [DeliveryReport.of(job, joined) for job, joined in zip(submission.jobs, submission.joined)]
+        # The deadline is enforced here, where the request waits, whatever the outbound call is doing. When the
+        # hook cannot post again before it (a 429 window, a spent budget), the answer is 503 at once: the work
+        # stays queued, and waiting would only hold a thread and a waiting slot.
+        if dispatcher.retry_after_seconds(submission.jobs) < seconds_left():
+            dispatcher.wait(submission, seconds_left())
+        reports = [DeliveryReport.of(job) for job in submission.jobs]
         status, retry_after_seconds = answer_status(reports, dispatcher.retry_after_seconds(submission.jobs))
         answer = {
             "status": "ok" if status == 200 else "error",
@@ -286,7 +294,7 @@ def create_app(
         try:
             submission = dispatcher.submit(notification, parts, len(body))
         except Overloaded as error:
-            return overloaded(str(error), "queued_bytes" if "BYTES" in str(error) else "shutting_down")
+            return overloaded(str(error), error.kind)
         return notification, parts, submission
 
     @app.get("/metrics")

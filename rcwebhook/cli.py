@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from .config import ConfigError, describe_config, load_config
+from .config import ConfigError, describe_config, load_config, load_dotenv_from_working_directory
 from .dispatcher import compose
 from .hookqueue import Batch
 from .model import PayloadError
@@ -34,9 +34,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def load_environment_config():
-    from dotenv import load_dotenv
-
-    load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)  # the real environment wins over .env
+    load_dotenv_from_working_directory()
     return load_config(os.environ)
 
 

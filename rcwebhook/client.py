@@ -123,6 +123,10 @@ def classify_response(
         return Outcome.CONTENT_REFUSED, error_text or "bad request", None
     if status == 413:  # a proxy's body limit: a smaller message may pass
         return Outcome.CONTENT_REFUSED, error_text or "request entity too large", None
+    if 300 <= status < 400:
+        # Redirects are not followed (a POST would turn into a GET): often a maintenance page, sometimes a hook
+        # URL that needs https:// or another host.
+        return Outcome.TRANSIENT, f"redirected (HTTP {status}); if it lasts, check the hook URL", None
     if status == 408 or status >= 500:
         reason = error_text or f"HTTP {status}"
         if status == 500 and not is_json:

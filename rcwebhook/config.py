@@ -138,6 +138,10 @@ def _webhook_url(environ: Mapping[str, str], name: str) -> str:
     # The value is not repeated in the error: it carries the hook's token.
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigError(f"{name} must be an http:// or https:// URL with a host (value not shown: it holds a token)")
+    try:
+        parsed.port  # noqa: B018 - urllib checks the port only when asked
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid port (value not shown: it holds a token)") from None
     return url
 
 
@@ -225,6 +229,13 @@ def _log_format(environ: Mapping[str, str]) -> str:
     return raw
 
 
+def load_dotenv_from_working_directory() -> None:
+    """Read .env from the working directory, as documented; the real environment wins over it."""
+    from dotenv import load_dotenv
+
+    load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
+
+
 def load_config(environ: Mapping[str, str]) -> Config:
     """Build and validate the configuration; raises ConfigError naming the first bad variable."""
     if environ.get("WEBHOOK_TOKEN_PREVIOUS", "").strip() and not _read_setting(environ, "WEBHOOK_TOKEN"):
@@ -238,7 +249,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         for severity in SEVERITIES
         if environ.get(MENTION_VARIABLE[severity], "").strip()
     }
-    return Config(
+    config = Config(
         routes=_routes(environ),
         severity_label=severity_label,
         webhook_token=_read_setting(environ, "WEBHOOK_TOKEN"),
@@ -269,6 +280,12 @@ def load_config(environ: Mapping[str, str]) -> Config:
             _number(environ, "MAX_QUEUED_BYTES", DEFAULT_MAX_QUEUED_BYTES, integer=True, minimum=1024)
         ),
     )
+    if config.max_queued_bytes < config.max_body_bytes:
+        raise ConfigError(
+            f"MAX_QUEUED_BYTES ({config.max_queued_bytes}) is below MAX_BODY_BYTES ({config.max_body_bytes}): "
+            "a large body could never be queued"
+        )
+    return config
 
 
 def describe_config(config: Config) -> list[str]:

@@ -28,10 +28,9 @@ class DeliveryReport:
     state: str
     status: int | None
     reason: str
-    deduplicated: bool = False
 
     @classmethod
-    def of(cls, job: Job, joined: bool) -> "DeliveryReport":
+    def of(cls, job: Job) -> "DeliveryReport":
         if job.finished:
             state = {JobState.REFUSED: DeliveryState.REFUSED,
                      JobState.DELIVERED_PLAIN_TEXT: DeliveryState.DELIVERED_PLAIN_TEXT}.get(
@@ -40,7 +39,7 @@ class DeliveryReport:
         else:
             state = DeliveryState.FAILED
             reason = STILL_QUEUED_REASON + (f" (last answer: {job.reason})" if job.reason else "")
-        return cls(job.destination.name, len(job.alerts), state, job.status, reason, joined)
+        return cls(job.destination.name, len(job.alerts), state, job.status, reason)
 
     @property
     def delivered(self) -> bool:

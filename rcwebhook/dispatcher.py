@@ -21,7 +21,11 @@ logger = logging.getLogger("rcwebhook.delivery")
 
 
 class Overloaded(Exception):
-    """Too many requests waiting or too many bytes held: answer 503 at once."""
+    """Too many bytes held, or shutting down: answer 503 at once. kind labels the metric."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -30,10 +34,6 @@ class Submission:
 
     jobs: list[Job]
     joined: list[bool]
-
-    @property
-    def finished(self) -> bool:
-        return all(job.finished for job in self.jobs)
 
 
 def compose(batch: Batch, options: FormatOptions) -> dict:
@@ -139,18 +139,20 @@ class Dispatcher:
         now = self.clock()
         with self.condition:
             if self.stopping or not self.running:
-                raise Overloaded("the relay is shutting down")
+                raise Overloaded("the relay is shutting down", "shutting_down")
             if self.queued_bytes + body_bytes > self.max_queued_bytes:
-                raise Overloaded("too many bytes of notifications held (MAX_QUEUED_BYTES)")
+                raise Overloaded("too many bytes of notifications held (MAX_QUEUED_BYTES)", "queued_bytes")
             submission = Submission([], [])
+            # The body's bytes are shared among its jobs, so the bound counts each body once.
+            share_bytes = body_bytes // max(1, len(parts))
             for destination, alerts in parts:
-                job = Job(destination, notification, tuple(alerts), dedup_key(notification, alerts), body_bytes)
+                job = Job(destination, notification, tuple(alerts), dedup_key(notification, alerts), share_bytes)
                 queue = self.queues[destination.url]
                 queued, joined = queue.submit(job, now)
                 if joined:
                     self.metrics.deduplicated.labels(destination.name).inc()
                 else:
-                    self.queued_bytes += body_bytes
+                    self.queued_bytes += share_bytes
                 self.metrics.queued.labels(destination.name).set(queue.pending_count)
                 submission.jobs.append(queued)
                 submission.joined.append(joined)
@@ -204,7 +206,12 @@ class Dispatcher:
                     result = PostResult(Outcome.TRANSIENT, None, "internal error in the relay")
             elapsed_seconds = self.clock() - started
             with self.condition:
-                finished = queue.finish(batch, result, self.clock())
+                try:
+                    finished = queue.finish(batch, result, self.clock())
+                except Exception:  # noqa: BLE001 - the batch goes back to the queue rather than vanish with it
+                    logger.exception("internal error after posting to %s; the notifications stay queued", name)
+                    queue.requeue_in_flight(self.clock())
+                    finished = []
                 for job in finished:
                     self.queued_bytes -= job.size_bytes
                 self.metrics.queued.labels(name).set(queue.pending_count)

@@ -15,8 +15,8 @@ from typing import Callable, Hashable, Sequence
 
 from .client import Outcome, PostResult
 from .config import Destination
-from .merging import alert_identity, is_stale
-from .model import Alert, Notification
+from .merging import alert_identity, is_stale, newest_alerts
+from .model import RESOLVED, Alert, Notification
 from .pacing import PostBudget, RateLimit
 
 logger = logging.getLogger("rcwebhook.queue")
@@ -26,6 +26,10 @@ BACKOFF_FIRST_SECONDS = 0.25
 # Low, because pacing already spaces attempts (each one spends Rocket.Chat's budget) and a recovered Rocket.Chat
 # should see the queue again within the delivery deadline.
 BACKOFF_CAP_SECONDS = 4.0
+# A FIRING that arrives this soon after the same occurrence (same startsAt) was posted RESOLVED is a copy that
+# arrived out of order, and is not shown. Later, it is a re-fire (Prometheus restored the alert after Alertmanager
+# had resolved it, which takes minutes), and is posted.
+STALE_FIRING_SECONDS = 10.0
 # Forgetting expired de-duplication entries is a scan: done at most this often (lookups check age themselves).
 FORGET_INTERVAL_SECONDS = 5.0
 
@@ -53,7 +57,6 @@ class Job:
     plain_text: bool = False  # Rocket.Chat refused its rich message: it goes alone, as plain text
     status: int | None = None
     reason: str = ""
-    attempts: int = 0
     finished_at: float | None = None
     # Set once the job finished: each waiting request waits on its own jobs, so a post wakes only them.
     done: threading.Event = field(default_factory=threading.Event)
@@ -80,19 +83,22 @@ class Batch:
         return sum(len(alerts) for _, alerts in self.parts)
 
 
-def dedup_key(notification: Notification, alerts: Sequence[Alert], repeat_ok: bool = True) -> Hashable | None:
+def dedup_key(notification: Notification, alerts: Sequence[Alert]) -> Hashable | None:
     """Same groupKey and same set of (fingerprint, status, startsAt, endsAt): the same notification again.
 
-    Only bodies with a groupKey and a fingerprint on every alert qualify; a repeat_interval reminder never does.
+    Only bodies with a groupKey and a fingerprint on every alert qualify.
     """
     if not notification.group_key or not alerts or any(not alert.fingerprint for alert in alerts):
         return None
-    if "repeat" in notification.notification_reason.lower():
-        return None  # Alertmanager says the repeat interval elapsed: an intended reminder, not a duplicate
     return (
         notification.group_key,
         frozenset((alert.fingerprint, alert.status, alert.starts_at, alert.ends_at) for alert in alerts),
     )
+
+
+def is_reminder(notification: Notification) -> bool:
+    """Alertmanager says the repeat interval elapsed: an intended reminder, never taken for a delivered duplicate."""
+    return "repeat" in notification.notification_reason.lower()
 
 
 class HookQueue:
@@ -112,8 +118,9 @@ class HookQueue:
         self.waiting: collections.deque[Job] = collections.deque()
         self.alone_batches: collections.deque[tuple[Job, ...]] = collections.deque()
         self.in_flight: Batch | None = None
-        self.known: dict[Hashable, Job] = {}  # de-duplication: queued, in flight, or finished within the window
-        self.posted_states: dict[Hashable, tuple[str, str, float]] = {}  # alert → (status, startsAt, when)
+        # De-duplication: each group's latest notification (queued, in flight, or finished within the window).
+        self.latest_by_group: dict[str, Job] = {}
+        self.resolved_posted: dict[Hashable, tuple[str, float]] = {}  # alert → (startsAt, when posted RESOLVED)
         self.last_post_at: float | None = None  # when the last post was sent
         self.next_forget_at = 0.0
         self.retry_at = 0.0
@@ -122,15 +129,25 @@ class HookQueue:
     # -- intake -------------------------------------------------------------------------------------------------
 
     def submit(self, job: Job, now: float) -> tuple[Job, bool]:
-        """Queue a job, or return the equal one already queued, in flight or finished: (job to wait on, joined)."""
+        """Queue a job, or return the equal one it repeats: (job to wait on, joined).
+
+        A job repeats the group's latest notification when their keys are equal: an HA peer's copy, or
+        Alertmanager's retry after a partial failure. Only the latest counts: after FIRING then RESOLVED, the same
+        FIRING again (a re-fire, e.g. after Prometheus restarted) is new and is posted.
+        """
         if now >= self.next_forget_at:
             self._forget_expired(now)
             self.next_forget_at = now + FORGET_INTERVAL_SECONDS
-        if job.dedup_key is not None:
-            existing = self.known.get(job.dedup_key)
-            if existing is not None and not self._expired(existing, now):
-                return existing, True
-            self.known[job.dedup_key] = job
+        if job.dedup_key is None:
+            self.waiting.append(job)
+            return job, False
+        group = job.notification.group_key
+        latest = self.latest_by_group.get(group)
+        if latest is not None and latest.dedup_key == job.dedup_key and not self._expired(latest, now):
+            # A reminder repeats on purpose: it joins only a copy still on its way, never a delivered one.
+            if not (is_reminder(job.notification) and latest.finished):
+                return latest, True
+        self.latest_by_group[group] = job
         self.waiting.append(job)
         return job, False
 
@@ -139,13 +156,12 @@ class HookQueue:
         return job.finished and job.finished_at is not None and job.finished_at <= now - self.dedup_window_seconds
 
     def _forget_expired(self, now: float) -> None:
-        horizon = now - self.dedup_window_seconds
-        for key, job in list(self.known.items()):
+        for group, job in list(self.latest_by_group.items()):
             if self._expired(job, now):
-                del self.known[key]
-        for identity, (_, _, when) in list(self.posted_states.items()):
-            if when <= horizon:
-                del self.posted_states[identity]
+                del self.latest_by_group[group]
+        for identity, (_, when) in list(self.resolved_posted.items()):
+            if now - when >= STALE_FIRING_SECONDS:
+                del self.resolved_posted[identity]
 
     @property
     def idle(self) -> bool:
@@ -189,14 +205,14 @@ class HookQueue:
         return batch
 
     def _fresh_parts(self, jobs: Sequence[Job], now: float) -> list[tuple[Notification, list[Alert]]]:
-        """Each job's alerts minus stale FIRINGs of occurrences this hook already showed RESOLVED."""
+        """Each job's alerts, less FIRINGs that arrived just after this hook showed the same occurrence RESOLVED."""
         parts = []
         for job in jobs:
             fresh = []
             for alert in job.alerts:
-                known = self.posted_states.get(alert_identity(alert))
-                remembered = known is not None and known[2] > now - self.dedup_window_seconds
-                if not remembered or not is_stale(alert, known[0], known[1]):
+                resolved = self.resolved_posted.get(alert_identity(alert))
+                recent = resolved is not None and now - resolved[1] < STALE_FIRING_SECONDS
+                if not (recent and is_stale(alert, RESOLVED, resolved[0])):
                     fresh.append(alert)
             if fresh:
                 parts.append((job.notification, fresh))
@@ -212,14 +228,13 @@ class HookQueue:
         self.budget.record_attempt(now)
         self.budget.observe_server(now, result.rate_limit_remaining, result.rate_limit_reset_seconds)
         for job in batch.jobs:
-            job.attempts += 1
             job.status = result.status
             job.reason = result.reason
         if result.outcome is Outcome.DELIVERED:
             self.consecutive_failures, self.retry_at = 0, 0.0
-            for _, alerts in batch.parts:
-                for alert in alerts:
-                    self.posted_states[alert_identity(alert)] = (alert.status, alert.starts_at, now)
+            for _, alert in newest_alerts(batch.parts):
+                if alert.status == RESOLVED:
+                    self.resolved_posted[alert_identity(alert)] = (alert.starts_at, now)
             state = JobState.DELIVERED_PLAIN_TEXT if batch.plain_text else JobState.DELIVERED
             return self._complete(batch, state, result.status, "", now)
         if result.outcome is Outcome.TRANSIENT:
@@ -252,6 +267,13 @@ class HookQueue:
         )
         return self._complete(batch, JobState.REFUSED, result.status, result.reason, now)
 
+    def requeue_in_flight(self, now: float) -> None:
+        """Put the batch in flight back at the front after an internal error, and pause a little."""
+        if self.in_flight is not None:
+            batch, self.in_flight = self.in_flight, None
+            self._requeue(batch)
+            self.retry_at = now + BACKOFF_CAP_SECONDS
+
     def _back_off(self, result: PostResult, now: float) -> None:
         self.consecutive_failures += 1
         if result.status == 429:
@@ -259,7 +281,8 @@ class HookQueue:
             wait = result.wait_seconds if result.wait_seconds is not None else result.rate_limit_reset_seconds
             self.budget.block_until(now + (wait if wait is not None else BACKOFF_CAP_SECONDS))
             return
-        step = min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (self.consecutive_failures - 1))
+        # The exponent is bounded: 2 ** 1024 would overflow a float after a long outage.
+        step = min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** min(self.consecutive_failures - 1, 16))
         self.retry_at = now + step * self.jitter()
 
     def _requeue(self, batch: Batch) -> None:

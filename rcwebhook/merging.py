@@ -18,10 +18,10 @@ def alert_identity(alert: Alert) -> Hashable:
 
 
 def is_stale(candidate: Alert, known_status: str, known_starts_at: str) -> bool:
-    """A FIRING of an occurrence already seen RESOLVED is stale (a late retry): it must not win.
+    """A FIRING of an occurrence just seen RESOLVED is stale: a copy that arrived out of order must not win.
 
     Only a real startsAt shows that two alerts are the same occurrence; without one (hand-written bodies), a
-    FIRING after a RESOLVED is taken as new and posted.
+    FIRING after a RESOLVED is taken as new.
     """
     return (
         candidate.status == FIRING
@@ -32,7 +32,7 @@ def is_stale(candidate: Alert, known_status: str, known_starts_at: str) -> bool:
 
 
 def newest_alerts(parts: Sequence[tuple[Notification, Sequence[Alert]]]) -> list[tuple[Notification, Alert]]:
-    """Every distinct alert once, in arrival order, each in its newest state (later arrival wins unless stale)."""
+    """Every distinct alert once, in its newest state: the later arrival, unless it is a stale FIRING."""
     chosen: dict[Hashable, tuple[Notification, Alert]] = {}
     for notification, alerts in parts:
         for alert in alerts:

@@ -179,22 +179,24 @@ def test_newest_state_of_an_alert_wins_when_merged():
     _, alerts = merge_notifications([(Notification(alerts=(firing,)), [firing]),
                                      (Notification(alerts=(resolved,)), [resolved])])
     assert [a.status for a in alerts] == ["resolved"]
-    # A late retry of the FIRING after its RESOLVED is stale: the RESOLVED stays.
+    # A FIRING of the same occurrence arriving just after its RESOLVED is a copy out of order: RESOLVED stays.
     _, alerts = merge_notifications([(Notification(alerts=(resolved,)), [resolved]),
                                      (Notification(alerts=(firing,)), [firing])])
     assert [a.status for a in alerts] == ["resolved"]
 
 
-def test_stale_firing_after_a_posted_resolved_is_not_posted_again():
+def test_a_re_fire_with_the_same_starts_at_after_its_resolved_is_posted():
+    # Prometheus restarted (it restores the alert's ActiveAt): Alertmanager resolved the alert by timeout, then
+    # sends it FIRING again with the same startsAt. That is a page, not a stale retry.
     queue = make_queue()
-    queue.submit(job(alert("A", status="resolved", fingerprint="f1")), 0.0)
-    post_once(queue, 0.0, OK)
-    late = job(alert("A", fingerprint="f1"))
-    queue.submit(late, 1.0)
-    batch = queue.take_batch(1.0)
-    assert batch.parts == []  # nothing left to show: the channel keeps RESOLVED
-    queue.finish(batch, None, 1.0)
-    assert late.state == JobState.DELIVERED
+    for state, at in (("firing", 0.0), ("resolved", 100.0), ("firing", 400.0)):
+        queued, joined = queue.submit(group("f1", status=state), at)
+        assert not joined
+        batch = post_once(queue, at, OK)
+        assert [alert.status for _, alerts in batch.parts for alert in alerts] == [state]  # it was posted
+        assert queued.state == JobState.DELIVERED
+    # ... and Alertmanager's retry of that last FIRING still joins it.
+    assert queue.submit(group("f1"), 401.0)[1]
 
 
 # -- refusals ----------------------------------------------------------------------------------------------------
@@ -286,11 +288,19 @@ def test_a_refused_notification_is_answered_from_memory_without_posting():
     [
         Notification(alerts=(alert(fingerprint="f1"),)),  # no groupKey: a hand-written curl test
         Notification(alerts=(alert(fingerprint="f1"), alert("B")), group_key="g"),  # an alert without fingerprint
-        Notification(alerts=(alert(fingerprint="f1"),), group_key="g", notification_reason="repeat_interval"),
     ],
 )
 def test_only_complete_alertmanager_bodies_are_deduplicated(notification):
     assert dedup_key(notification, notification.alerts) is None
+
+
+def test_a_repeat_interval_reminder_is_posted_but_its_copies_in_flight_join():
+    queue = make_queue()
+    queue.submit(group("f1"), 0.0)
+    post_once(queue, 0.0, OK)
+    reminder, joined = queue.submit(group("f1", reason="repeat_interval"), 100.0)  # inside the 300 s window
+    assert not joined  # the reminder is meant to be seen again
+    assert queue.submit(group("f1", reason="repeat_interval"), 101.0) == (reminder, True)  # its HA copy joins
 
 
 def test_a_changed_group_is_not_a_duplicate():
@@ -376,3 +386,15 @@ def test_after_rocketchats_window_reopens_only_our_own_count_applies():
     budget.record_attempt(0.0)
     budget.observe_server(0.0, remaining=0, reset_in_seconds=2.0)  # another client spent Rocket.Chat's window
     assert budget.earliest_post_at(0.5, last_post_at=0.0) == 2.0  # not 2 s plus a spacing gap
+
+
+def test_a_firing_copy_arriving_just_after_its_resolved_was_posted_is_not_shown():
+    queue = make_queue()
+    queue.submit(job(alert("A", status="resolved", fingerprint="f1")), 0.0)
+    post_once(queue, 0.0, OK)
+    late = job(alert("A", fingerprint="f1"))  # the same occurrence, arrived out of order
+    queue.submit(late, 1.0)
+    batch = queue.take_batch(1.0)
+    assert batch.parts == []  # nothing left to show: the channel keeps RESOLVED
+    queue.finish(batch, None, 1.0)
+    assert late.state == JobState.DELIVERED
