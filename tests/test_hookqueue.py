@@ -398,3 +398,12 @@ def test_a_firing_copy_arriving_just_after_its_resolved_was_posted_is_not_shown(
     assert batch.parts == []  # nothing left to show: the channel keeps RESOLVED
     queue.finish(batch, None, 1.0)
     assert late.state == JobState.DELIVERED
+
+
+def test_a_long_outage_never_breaks_the_backoff():
+    # 2 ** 1024 overflows a float: after ~2 hours of a Rocket.Chat answering 500, the hook's worker must go on.
+    queue = make_queue()
+    queue.submit(job(alert()), 0.0)
+    queue.consecutive_failures = 5000
+    post_once(queue, 0.0, SERVER_ERROR)
+    assert queue.due_at(0.0) == 4.0
