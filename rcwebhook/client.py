@@ -84,28 +84,33 @@ def rate_limit_wait_seconds(headers: Mapping[str, str], body_text: str, now_epoc
     return float(match.group(1)) if match else None
 
 
-def _error_text(body_text: str) -> tuple[str, bool]:
-    """Rocket.Chat's error text and whether the body was JSON."""
+_NOT_JSON = object()
+
+
+def _parse_json(body_text: str) -> object:
+    """The answer's JSON, or _NOT_JSON (a deeply nested answer is no answer we understand either)."""
     try:
-        document = json.loads(body_text)
-    except (ValueError, RecursionError):  # a deeply nested answer is no answer we understand
-        return body_text.strip(), False
+        return json.loads(body_text)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _error_text(document: object, body_text: str) -> str:
+    """Rocket.Chat's error text: the JSON "error" (or "message"), else the body itself."""
     if isinstance(document, dict):
         error = document.get("error") or document.get("message") or ""
-        return (error if isinstance(error, str) else json.dumps(error)), True
-    return body_text.strip(), True
+        return error if isinstance(error, str) else json.dumps(error)
+    return body_text.strip()
 
 
 def classify_response(
     status: int, headers: Mapping[str, str], body_text: str, now_epoch_seconds: float
 ) -> tuple[Outcome, str, float | None]:
     """Outcome, reason and requested wait for one HTTP answer from a Rocket.Chat hook (pure)."""
-    error_text, is_json = _error_text(body_text)
+    document = _parse_json(body_text)
+    is_json = document is not _NOT_JSON
+    error_text = _error_text(document, body_text)
     if 200 <= status < 300:
-        try:
-            document = json.loads(body_text)
-        except (ValueError, RecursionError):
-            document = None
         if isinstance(document, dict) and document.get("success") is True:
             return Outcome.DELIVERED, "", None
         # Rocket.Chat answers 200 {"success": true} for everything it posts; anything else was not posted.

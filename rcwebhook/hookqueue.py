@@ -15,7 +15,7 @@ from typing import Callable, Hashable, Sequence
 
 from .client import Outcome, PostResult
 from .config import Destination
-from .merging import alert_identity, is_stale, newest_alerts
+from .merging import alert_identity, is_stale
 from .model import RESOLVED, Alert, Notification
 from .pacing import PostBudget, RateLimit
 
@@ -232,9 +232,10 @@ class HookQueue:
             job.reason = result.reason
         if result.outcome is Outcome.DELIVERED:
             self.consecutive_failures, self.retry_at = 0, 0.0
-            for _, alert in newest_alerts(batch.parts):
-                if alert.status == RESOLVED:
-                    self.resolved_posted[alert_identity(alert)] = (alert.starts_at, now)
+            for _, alerts in batch.parts:
+                for alert in alerts:
+                    if alert.status == RESOLVED:
+                        self.resolved_posted[alert_identity(alert)] = (alert.starts_at, now)
             state = JobState.DELIVERED_PLAIN_TEXT if batch.plain_text else JobState.DELIVERED
             return self._complete(batch, state, result.status, "", now)
         if result.outcome is Outcome.TRANSIENT:
