@@ -22,6 +22,11 @@ DEFAULT_SEVERITY_LABEL = "severity"
 DEFAULT_DEDUP_WINDOW_SECONDS = 300.0
 DEFAULT_MAX_WAITING_REQUESTS = 128
 DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
+# A connection that has not sent its whole request this long after it began is closed, so a slow or idle client
+# (a port scanner, a misconfigured load balancer) cannot hold the threads Alertmanager needs.
+DEFAULT_REQUEST_READ_TIMEOUT_SECONDS = 10.0
+# Groups remembered for de-duplication, per hook; past it the oldest are forgotten first (about 200 bytes each).
+DEFAULT_MAX_TRACKED_GROUPS = 50_000
 
 WEBHOOK_VARIABLE = {
     "critical": "ROCKETCHAT_WEBHOOK_CRITICAL",
@@ -78,6 +83,8 @@ class Config:
     dedup_window_seconds: float = DEFAULT_DEDUP_WINDOW_SECONDS
     max_waiting_requests: int = DEFAULT_MAX_WAITING_REQUESTS
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
+    request_read_timeout_seconds: float = DEFAULT_REQUEST_READ_TIMEOUT_SECONDS
+    max_tracked_groups: int = DEFAULT_MAX_TRACKED_GROUPS
 
     @property
     def destinations(self) -> tuple[Destination, ...]:
@@ -278,6 +285,12 @@ def load_config(environ: Mapping[str, str]) -> Config:
         ),
         max_queued_bytes=int(
             _number(environ, "MAX_QUEUED_BYTES", DEFAULT_MAX_QUEUED_BYTES, integer=True, minimum=1024)
+        ),
+        request_read_timeout_seconds=_number(
+            environ, "REQUEST_READ_TIMEOUT_SECONDS", DEFAULT_REQUEST_READ_TIMEOUT_SECONDS, integer=False, minimum=0.5
+        ),
+        max_tracked_groups=int(
+            _number(environ, "MAX_TRACKED_GROUPS", DEFAULT_MAX_TRACKED_GROUPS, integer=True, minimum=1)
         ),
     )
     if config.max_queued_bytes < config.max_body_bytes:
