@@ -23,7 +23,7 @@ from .delivery import DeliveryReport, DeliveryState, answer_status
 from .dispatcher import Dispatcher, Overloaded
 from .formatting import classify_severity
 from .metrics import Metrics
-from .logs import configure_logging, new_request_id, quiet_library_loggers, request_id_var
+from .logs import configure_logging, install_exception_hooks, new_request_id, quiet_library_loggers, request_id_var
 from .model import FIRING, Notification, PayloadError
 from .payload import parse_notification
 from .redact import Redactor
@@ -42,6 +42,7 @@ ALERT_LOG_LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING}
 LOG_SUMMARY_MAX_CHARS = 200
 # Threads parsing and queueing bodies at once (the rest wait blocked, off the interpreter lock).
 PROCESSING_THREADS = 2
+FAILED_AUTH_LOG_INTERVAL_SECONDS = 60.0
 
 
 def json_response(document: dict, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -167,6 +168,8 @@ def create_app(
     metrics = Metrics()
     metrics.prime(destination.name for destination in config.destinations)
     app.extensions["rcwebhook.metrics"] = metrics
+    if setup_logging:
+        install_exception_hooks(on_error=metrics.internal_errors.labels("thread").inc)
     dispatcher = Dispatcher(
         client or RocketChatClient(Redactor(config.secrets)), config, format_options(config), metrics=metrics
     ).start()
@@ -190,6 +193,16 @@ def create_app(
     if not tokens.enabled:
         logger.warning("WEBHOOK_TOKEN is not set: POST /webhook is open to anyone who can reach this port")
 
+    throttle_log_state = {"last_logged": -FAILED_AUTH_LOG_INTERVAL_SECONDS}
+
+    def log_throttled_authentication(exceeded: str, address: str) -> None:
+        """One WARNING a minute at most: a spray of guesses must not also flood the log."""
+        now = time.monotonic()
+        if now - throttle_log_state["last_logged"] >= FAILED_AUTH_LOG_INTERVAL_SECONDS:
+            throttle_log_state["last_logged"] = now
+            where = f"from {address}" if exceeded == "address" else "from all addresses together"
+            logger.warning("too many failed authentications %s: answering 429 to further failures", where)
+
     def overloaded(reason: str, kind: str) -> Response:
         metrics.overloaded.labels(kind).inc()
         logger.error("answered 503 at once: %s", reason)
@@ -200,9 +213,10 @@ def create_app(
         if tokens.enabled and not tokens.accepts(_presented_token()):
             metrics.auth_failures.inc()
             address = request.remote_addr or "unknown"
-            if failed_auth.record_failure(address):
+            exceeded = failed_auth.record_failure(address)
+            if exceeded:
                 # Only failed authentications are slowed: a client with the right token is never refused for volume.
-                logger.warning("too many failed authentications from %s: answering 429", address)
+                log_throttled_authentication(exceeded, address)
                 return error_response(429, "too many failed authentications; wait a minute", {"Retry-After": "60"})
             return error_response(
                 401,
@@ -338,6 +352,15 @@ def create_app(
 
     @app.get("/health")
     def health() -> Response:
+        # 200 only while every hook's worker runs: a liveness probe (or systemd's watchdog) then restarts a relay
+        # whose delivery machinery cannot run, rather than leave a channel silent behind a healthy answer.
+        unhealthy = dispatcher.check_workers()
+        if unhealthy:
+            return json_response(
+                {"service": SERVICE_NAME, "status": "unhealthy", "version": __version__,
+                 "error": "the post workers of these destinations are not running: " + ", ".join(unhealthy)},
+                503,
+            )
         return json_response({"service": SERVICE_NAME, "status": "healthy", "version": __version__})
 
     @app.errorhandler(RequestEntityTooLarge)

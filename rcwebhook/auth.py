@@ -14,6 +14,8 @@ logger = logging.getLogger("rcwebhook.auth")
 
 # Failed authentications allowed per client address in the trailing window before 429.
 MAX_FAILURES_PER_WINDOW = 20
+# ... and from all addresses together: guesses spread over many addresses (a botnet, a /64 of IPv6) are slowed too.
+MAX_FAILURES_PER_WINDOW_ALL_ADDRESSES = 200
 FAILURE_WINDOW_SECONDS = 60.0
 # Bounds the memory of the failure counter under a spray of source addresses.
 MAX_TRACKED_ADDRESSES = 10_000
@@ -90,15 +92,28 @@ class TokenSource:
 
 
 class FailedAuthLimiter:
-    """Counts failed authentications per client address; only failures are ever slowed."""
+    """Counts failed authentications per client address and in total; only failures are ever slowed.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    A request with the right token is never counted here, so no volume of wrong guesses can lock Alertmanager out.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_per_address: int = MAX_FAILURES_PER_WINDOW,
+        max_all_addresses: int = MAX_FAILURES_PER_WINDOW_ALL_ADDRESSES,
+    ):
         self.clock = clock
+        self.max_per_address = max_per_address
+        self.max_all_addresses = max_all_addresses
         self._lock = threading.Lock()
         self._failures: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+        # Only the latest max_all_addresses + 1 times are needed to know whether the total is over.
+        self._all_failures: collections.deque[float] = collections.deque(maxlen=max_all_addresses + 1)
 
-    def record_failure(self, address: str) -> bool:
-        """Count one failure; True when the address is now over the limit (answer 429)."""
+    def record_failure(self, address: str) -> str | None:
+        """Count one failure; when a limit is now exceeded, which one ("address" or "all"), else None."""
         now = self.clock()
         with self._lock:
             times = self._failures.pop(address, None) or collections.deque()
@@ -108,4 +123,10 @@ class FailedAuthLimiter:
             self._failures[address] = times  # most recent last
             while len(self._failures) > MAX_TRACKED_ADDRESSES:
                 self._failures.popitem(last=False)
-            return len(times) > MAX_FAILURES_PER_WINDOW
+            self._all_failures.append(now)
+            if len(times) > self.max_per_address:
+                return "address"
+            all_full = len(self._all_failures) > self.max_all_addresses
+            if all_full and self._all_failures[0] > now - FAILURE_WINDOW_SECONDS:
+                return "all"
+            return None

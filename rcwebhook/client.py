@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import requests
-from requests.adapters import HTTPAdapter
 
+from .bounded_http import AnswerTooLarge, DeadlineExceeded, WatchedAdapter, bounded_post
 from .redact import Redactor
 
 # A little above a multiple of 3 s, the TCP retransmission interval (requests' documented advice).
 CONNECT_TIMEOUT_SECONDS = 3.05
-READ_TIMEOUT_SECONDS = 5.0
+# The whole exchange, connect to last byte: a server that drips its answer cannot hold a hook's worker longer.
+EXCHANGE_TIMEOUT_SECONDS = 5.0
+# Rocket.Chat answers a webhook with well under 1 KiB of JSON; anything far larger is not its answer.
+MAX_ANSWER_BYTES = 1024 * 1024
 REASON_MAX_CHARS = 300
 # Errors that no change of content can fix (rocketchat-contract.md): they need an operator, so no fallback is tried.
 SCRIPT_ERROR_MARKER = "error-running-script"
@@ -60,28 +63,44 @@ class PostResult:
 
 
 def _header_number(headers: Mapping[str, str], name: str) -> float | None:
+    """A finite number from a header, else None (garbage, NaN and infinities are no answer)."""
     try:
-        value = float(headers.get(name, ""))
+        value = float(str(headers.get(name, "")).strip())
     except ValueError:
         return None
     return value if math.isfinite(value) else None
 
 
+def _server_now(headers: Mapping[str, str], now_epoch_seconds: float) -> float:
+    """The server's clock from its Date header, or ours when it sent none we can read."""
+    date_header = headers.get("Date")
+    if date_header:
+        try:
+            server_now = email.utils.parsedate_to_datetime(date_header).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return now_epoch_seconds
+        if math.isfinite(server_now):
+            return server_now
+    return now_epoch_seconds
+
+
 def rate_limit_wait_seconds(headers: Mapping[str, str], body_text: str, now_epoch_seconds: float) -> float | None:
-    """Seconds until Rocket.Chat's rate-limit window reopens, from X-RateLimit-Reset or the body's text."""
+    """Seconds until Rocket.Chat's rate-limit window reopens, from X-RateLimit-Reset or the body's text.
+
+    None when neither says anything usable: a reset in the past, a negative or unreadable value. Waits that are
+    merely long are returned as they are; the hook's queue caps them at its pacing window.
+    """
     reset_ms = _header_number(headers, "X-RateLimit-Reset")
     if reset_ms is not None:
         # Reset is the server's clock in epoch milliseconds: read it against the answer's Date, not our clock.
-        server_now = now_epoch_seconds
-        date_header = headers.get("Date")
-        if date_header:
-            try:
-                server_now = email.utils.parsedate_to_datetime(date_header).timestamp()
-            except (TypeError, ValueError):
-                pass
-        return max(0.0, reset_ms / 1000.0 - server_now)
+        wait = reset_ms / 1000.0 - _server_now(headers, now_epoch_seconds)
+        if wait >= 0 and math.isfinite(wait):
+            return wait
     match = WAIT_SECONDS_PATTERN.search(body_text)
-    return float(match.group(1)) if match else None
+    if match:
+        wait = float(match.group(1))
+        return wait if math.isfinite(wait) else None
+    return None
 
 
 _NOT_JSON = object()
@@ -103,43 +122,58 @@ def _error_text(document: object, body_text: str) -> str:
     return body_text.strip()
 
 
+def _is_rocketchat_refusal(document: object) -> bool:
+    """Rocket.Chat's own refusal: a JSON object with "success": false (rocketchat-contract.md, every 4xx it sends)."""
+    return isinstance(document, dict) and document.get("success") is False
+
+
 def classify_response(
     status: int, headers: Mapping[str, str], body_text: str, now_epoch_seconds: float
 ) -> tuple[Outcome, str, float | None]:
-    """Outcome, reason and requested wait for one HTTP answer from a Rocket.Chat hook (pure)."""
+    """Outcome, reason and requested wait for one HTTP answer from a Rocket.Chat hook (pure).
+
+    Only Rocket.Chat's own refusals are refusals; anything unexpected (a proxy's page, a 200 that is not Rocket.Chat's
+    JSON, a status the contract does not list) is transient: retried, and answered 503 so Alertmanager retries too,
+    never remembered as a refusal that would drop the re-sends.
+    """
     document = _parse_json(body_text)
     is_json = document is not _NOT_JSON
     error_text = _error_text(document, body_text)
     if 200 <= status < 300:
         if isinstance(document, dict) and document.get("success") is True:
             return Outcome.DELIVERED, "", None
-        # Rocket.Chat answers 200 {"success": true} for everything it posts; anything else was not posted.
-        return Outcome.CONTENT_REFUSED, f"answered {status} without \"success\": true", None
+        if _is_rocketchat_refusal(document):
+            # Rocket.Chat answered but did not post: a different content (the plain-text version) may pass.
+            return Outcome.CONTENT_REFUSED, f"answered {status} with \"success\": false: {error_text}".rstrip(": "), None
+        what = "a JSON answer without \"success\"" if is_json else "a body that is not JSON"
+        return Outcome.TRANSIENT, (
+            f"answered {status} with {what}: not Rocket.Chat's answer (a proxy or a maintenance page?)"
+        ), None
     if status == 429:
         wait = rate_limit_wait_seconds(headers, body_text, now_epoch_seconds)
         return Outcome.TRANSIENT, error_text or "rate limited", wait
-    if status == 404:
+    if status == 404 and _is_rocketchat_refusal(document):
         return Outcome.PERMANENT, f"{error_text or 'not found'} (a 404 means a wrong hook id or token)", None
-    if status in (401, 403):
-        return Outcome.PERMANENT, f"{error_text or 'forbidden'} (refused by Rocket.Chat or a proxy in front)", None
-    if status == 400:
+    if status == 400 and _is_rocketchat_refusal(document):
         if any(marker in error_text for marker in PERMANENT_ERROR_MARKERS):
             return Outcome.PERMANENT, error_text, None
         return Outcome.CONTENT_REFUSED, error_text or "bad request", None
-    if status == 413:  # a proxy's body limit: a smaller message may pass
+    if status == 413:  # a proxy's body limit: a smaller message (the plain-text version) may pass
         return Outcome.CONTENT_REFUSED, error_text or "request entity too large", None
     if 300 <= status < 400:
         # Redirects are not followed (a POST would turn into a GET): often a maintenance page, sometimes a hook
         # URL that needs https:// or another host.
         return Outcome.TRANSIENT, f"redirected (HTTP {status}); if it lasts, check the hook URL", None
-    if status == 408 or status >= 500:
-        reason = error_text or f"HTTP {status}"
-        if status == 500 and not is_json:
-            reason = f"{reason} ({WRONG_TOKEN_HINT})"
-        if status == 503 and "Service Unavailable" in error_text:
-            reason = f"{reason} (the integration may be disabled in Rocket.Chat)"
-        return Outcome.TRANSIENT, reason, None
-    return Outcome.PERMANENT, error_text or f"HTTP {status}", None
+    reason = error_text or f"HTTP {status}"
+    if status == 500 and not is_json:
+        reason = f"{reason} ({WRONG_TOKEN_HINT})"
+    elif status == 503 and "Service Unavailable" in error_text:
+        reason = f"{reason} (the integration may be disabled in Rocket.Chat)"
+    elif status in (401, 403, 404):
+        reason = f"{reason} (HTTP {status}, not Rocket.Chat's JSON: a proxy in front? check the hook URL)"
+    elif not (status == 408 or status >= 500):
+        reason = f"{reason} (HTTP {status}, an answer Rocket.Chat does not give: retried)"
+    return Outcome.TRANSIENT, reason, None
 
 
 def describe_exception(error: requests.RequestException) -> str:
@@ -168,57 +202,74 @@ class RocketChatClient:
         redactor: Redactor | None = None,
         *,
         connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
-        read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
+        exchange_timeout_seconds: float = EXCHANGE_TIMEOUT_SECONDS,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
         pool_size: int = 32,
         wall_clock: Callable[[], float] = time.time,
     ):
         self.redactor = redactor or Redactor()
         self.connect_timeout_seconds = connect_timeout_seconds
-        self.read_timeout_seconds = read_timeout_seconds
+        self.exchange_timeout_seconds = exchange_timeout_seconds
+        self.max_answer_bytes = max_answer_bytes
         self.wall_clock = wall_clock
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+        adapter = WatchedAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "rocketchat-webhook"
+        # Answers are tiny; asking for them uncompressed leaves no decompression to bound (read_capped still does).
+        self.session.headers["Accept-Encoding"] = "identity"
 
     def post(self, url: str, message: dict, *, timeout_seconds: float | None = None) -> PostResult:
-        """POST one message; never raises for HTTP or transport failures."""
+        """POST one message; never raises: every failure is a classified PostResult.
+
+        timeout_seconds bounds the whole exchange (connect to last byte), at most exchange_timeout_seconds.
+        """
+        started = time.monotonic()
+        try:
+            return self._post(url, message, timeout_seconds, started)
+        except Exception as error:  # noqa: BLE001 - anything unexpected is a transient failure, never a dead worker
+            elapsed_ms = (time.monotonic() - started) * 1000
+            return PostResult(Outcome.TRANSIENT, None, f"request failed ({type(error).__name__})", elapsed_ms)
+
+    def _post(self, url: str, message: dict, timeout_seconds: float | None, started: float) -> PostResult:
         # ASCII-only JSON: a lone surrogate from the input stays valid JSON, and Rocket.Chat silently drops
         # any body it cannot parse while answering 200 (rocketchat-contract.md).
         body = json.dumps(message, ensure_ascii=True, allow_nan=False).encode("ascii")
-        read_timeout = self.read_timeout_seconds
+        total_timeout = self.exchange_timeout_seconds
         if timeout_seconds is not None:
-            read_timeout = max(0.1, min(read_timeout, timeout_seconds))
-        connect_timeout = min(self.connect_timeout_seconds, read_timeout)
-        started = time.monotonic()
+            total_timeout = max(0.1, min(total_timeout, timeout_seconds))
         try:
-            response = self.session.post(
-                url,
-                data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=(connect_timeout, read_timeout),
-                allow_redirects=False,
+            answer = bounded_post(
+                self.session, url, body, headers={"Content-Type": "application/json"},
+                connect_timeout_seconds=self.connect_timeout_seconds, total_timeout_seconds=total_timeout,
+                max_answer_bytes=self.max_answer_bytes,
             )
-            body_text = response.text
+        except DeadlineExceeded as error:
+            reason = f"timeout: {error}"
+            return PostResult(Outcome.TRANSIENT, None, reason, (time.monotonic() - started) * 1000)
+        except AnswerTooLarge as error:
+            return PostResult(Outcome.TRANSIENT, None, str(error), (time.monotonic() - started) * 1000)
         except requests.RequestException as error:
             elapsed_ms = (time.monotonic() - started) * 1000
             return PostResult(Outcome.TRANSIENT, None, describe_exception(error), elapsed_ms)
+        except (ValueError, OSError) as error:  # a corrupt compressed body, a socket error outside requests
+            reason = f"unreadable answer ({type(error).__name__})"
+            return PostResult(Outcome.TRANSIENT, None, reason, (time.monotonic() - started) * 1000)
         elapsed_ms = (time.monotonic() - started) * 1000
-        outcome, reason, wait = classify_response(
-            response.status_code, response.headers, body_text, self.wall_clock()
-        )
-        remaining = _header_number(response.headers, "X-RateLimit-Remaining")
+        now = self.wall_clock()
+        outcome, reason, wait = classify_response(answer.status, answer.headers, answer.body_text, now)
+        remaining = _header_number(answer.headers, "X-RateLimit-Remaining")
         reset_seconds = None
-        if "X-RateLimit-Reset" in response.headers:
-            reset_seconds = rate_limit_wait_seconds(response.headers, "", self.wall_clock())
+        if "X-RateLimit-Reset" in answer.headers:
+            reset_seconds = rate_limit_wait_seconds(answer.headers, "", now)
         return PostResult(
             outcome,
-            response.status_code,
+            answer.status,
             self.redactor(reason)[:REASON_MAX_CHARS],
             elapsed_ms,
             wait,
-            int(remaining) if remaining is not None else None,
+            int(remaining) if remaining is not None and 0 <= remaining < 2**31 else None,
             reset_seconds,
         )
 

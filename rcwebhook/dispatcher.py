@@ -19,6 +19,18 @@ from .model import Alert, Notification
 
 logger = logging.getLogger("rcwebhook.delivery")
 
+# A worker's waits are cut into slices no longer than this: it re-reads its queue after each, and no wait, however
+# far ahead a due time lies, can overflow threading's timeout (an OverflowError once killed a hook's worker).
+MAX_WAIT_SLICE_SECONDS = 30.0
+# A post's whole exchange gets at least this long, even when the requests waiting for it have less time left: their
+# answers are enforced where they wait, and cutting a post Rocket.Chat may still be taking risks a duplicate.
+MIN_EXCHANGE_SECONDS = 2.0
+# After an internal error a worker pauses (doubling, up to the cap) and carries on with its queue intact; this many
+# in a row without a clean round marks it unhealthy, so /health turns 503 and a liveness probe restarts the process.
+INTERNAL_ERROR_PAUSE_SECONDS = 0.1
+INTERNAL_ERROR_PAUSE_CAP_SECONDS = 5.0
+UNHEALTHY_AFTER_INTERNAL_ERRORS = 5
+
 
 class Overloaded(Exception):
     """Too many bytes held, or shutting down: answer 503 at once. kind labels the metric."""
@@ -68,14 +80,20 @@ class Dispatcher:
         self.clock = clock
         self.max_queued_bytes = config.max_queued_bytes
         self.condition = threading.Condition()
+        self.delivery_deadline_seconds = config.delivery_deadline_seconds
         self.queues = {
-            destination.url: HookQueue(destination, config.rate_limit, config.dedup_window_seconds)
+            destination.url: HookQueue(
+                destination, config.rate_limit, config.dedup_window_seconds,
+                max_tracked_groups=config.max_tracked_groups,
+                on_group_forgotten=self.metrics.groups_forgotten.labels(destination.name).inc,
+            )
             for destination in config.destinations
         }
         self.queued_bytes = 0
         self.running = False
         self.stopping = False
-        self.threads: list[threading.Thread] = []
+        self.workers: dict[str, threading.Thread] = {}  # by hook URL
+        self.internal_errors_in_a_row: dict[str, int] = {url: 0 for url in self.queues}
         self.started_in_pid = 0
 
     # -- life cycle ---------------------------------------------------------------------------------------------
@@ -85,18 +103,40 @@ class Dispatcher:
             if self.running and self.started_in_pid == os.getpid():
                 return self
             # Threads do not survive a fork (gunicorn --preload imports the app in the master): start them anew.
-            self.running, self.started_in_pid, self.threads = True, os.getpid(), []
-        for queue in self.queues.values():
-            thread = threading.Thread(
-                target=self._work, args=(queue,), name=f"post-{queue.destination.name}", daemon=True
-            )
-            thread.start()
-            self.threads.append(thread)
+            self.running, self.started_in_pid, self.workers = True, os.getpid(), {}
+            for url in self.queues:
+                self._start_worker(url)
         return self
+
+    def _start_worker(self, url: str) -> None:
+        queue = self.queues[url]
+        thread = threading.Thread(target=self._work, args=(queue,), name=f"post-{queue.destination.name}", daemon=True)
+        thread.start()
+        self.workers[url] = thread
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self.workers.values())
+
+    def check_workers(self) -> list[str]:
+        """Restart any hook worker that is gone (its queue is intact); the names of those still not healthy."""
+        if self.started_in_pid != os.getpid():
+            self.start()
+        with self.condition:
+            if not self.running:
+                return [queue.destination.name for queue in self.queues.values()]
+            for url, thread in self.workers.items():
+                if not thread.is_alive():
+                    logger.error("the post worker for %s had stopped; restarted it", self.queues[url].destination)
+                    self._start_worker(url)
+            return [
+                self.queues[url].destination.name for url, thread in self.workers.items()
+                if not thread.is_alive() or self.internal_errors_in_a_row[url] >= UNHEALTHY_AFTER_INTERNAL_ERRORS
+            ]
 
     @property
     def ready(self) -> bool:
-        return self.running and not self.stopping and all(thread.is_alive() for thread in self.threads)
+        return self.running and not self.stopping and not self.check_workers()
 
     def begin_shutdown(self) -> None:
         """Stop taking new work (GET /ready turns 503); the queues keep draining."""
@@ -137,6 +177,7 @@ class Dispatcher:
         if self.started_in_pid != os.getpid():
             self.start()
         now = self.clock()
+        answer_by = now + self.delivery_deadline_seconds
         with self.condition:
             if self.stopping or not self.running:
                 raise Overloaded("the relay is shutting down", "shutting_down")
@@ -146,7 +187,9 @@ class Dispatcher:
             # The body's bytes are shared among its jobs, so the bound counts each body once.
             share_bytes = body_bytes // max(1, len(parts))
             for destination, alerts in parts:
-                job = Job(destination, notification, tuple(alerts), dedup_key(notification, alerts), share_bytes)
+                job = Job(
+                    destination, notification, tuple(alerts), dedup_key(notification, alerts), share_bytes, answer_by
+                )
                 queue = self.queues[destination.url]
                 queued, joined = queue.submit(job, now)
                 if joined:
@@ -182,43 +225,79 @@ class Dispatcher:
             while self.running:
                 now = self.clock()
                 due = queue.due_at(now)
+                self.internal_errors_in_a_row[queue.destination.url] = 0  # a clean look at the queue
                 if due is not None and due <= now:
                     if held_since is not None:
                         self.metrics.rate_limit_wait.labels(queue.destination.name).inc(now - held_since)
                     return queue.take_batch(now)
                 if due is not None and held_since is None and queue.retry_at <= now:
                     held_since = now  # held by pacing or Rocket.Chat's limit, not by a failure's backoff
-                self.condition.wait(None if due is None else due - now)
+                self.condition.wait(MAX_WAIT_SLICE_SECONDS if due is None else min(due - now, MAX_WAIT_SLICE_SECONDS))
         return None
 
     def _work(self, queue: HookQueue) -> None:
+        """The hook's worker: posts round after round; an internal error is logged and the work goes on."""
+        url = queue.destination.url
+        while self.running:
+            try:
+                if not self._work_one_round(queue):
+                    return
+                self.internal_errors_in_a_row[url] = 0
+            except Exception:  # noqa: BLE001 - a worker that dies would silently stop a channel's alerts
+                errors = self.internal_errors_in_a_row[url] = self.internal_errors_in_a_row[url] + 1
+                self.metrics.internal_errors.labels("post_worker").inc()
+                logger.exception(
+                    "internal error in the post worker for %s (%d in a row); its queue is kept and it carries on",
+                    queue.destination, errors,
+                )
+                with self.condition:
+                    try:
+                        queue.requeue_in_flight(self.clock())
+                    except Exception:  # noqa: BLE001
+                        logger.exception("could not put the notifications in flight for %s back", queue.destination)
+                    pause = min(INTERNAL_ERROR_PAUSE_CAP_SECONDS, INTERNAL_ERROR_PAUSE_SECONDS * 2 ** min(errors, 16))
+                    self.condition.wait(pause)
+
+    def _exchange_seconds(self, batch: Batch) -> float:
+        """The time a post may take: what its waiting requests have left, within the client's own bound."""
+        now = self.clock()
+        left = max((job.answer_by - now for job in batch.jobs if job.answer_by is not None), default=0.0)
+        return max(MIN_EXCHANGE_SECONDS, left)
+
+    def _work_one_round(self, queue: HookQueue) -> bool:
+        """Post one batch and apply the answer; False once the dispatcher stopped."""
         name = queue.destination.name
-        while (batch := self._next_batch(queue)) is not None:
-            result = None
-            started = self.clock()
-            is_retry = queue.consecutive_failures > 0
-            if batch.parts:
-                try:
-                    message = compose(batch, self.options)
-                    result = self.client.post(queue.destination.url, message)
-                except Exception:  # noqa: BLE001 - a worker that dies would silently stop a channel's alerts
-                    logger.exception("internal error while posting to %s", queue.destination)
-                    result = PostResult(Outcome.TRANSIENT, None, "internal error in the relay")
-            elapsed_seconds = self.clock() - started
-            with self.condition:
-                try:
-                    finished = queue.finish(batch, result, self.clock())
-                except Exception:  # noqa: BLE001 - the batch goes back to the queue rather than vanish with it
-                    logger.exception("internal error after posting to %s; the notifications stay queued", name)
-                    queue.requeue_in_flight(self.clock())
-                    finished = []
-                for job in finished:
-                    self.queued_bytes -= job.size_bytes
-                self.metrics.queued.labels(name).set(queue.pending_count)
-                self.condition.notify_all()
-            if result is not None:
-                self._count_post(name, batch, result, elapsed_seconds, is_retry, finished)
-            log_post(queue.destination, batch, result, elapsed_seconds * 1000)
+        batch = self._next_batch(queue)
+        if batch is None:
+            return False
+        result = None
+        started = self.clock()
+        is_retry = queue.consecutive_failures > 0
+        if batch.parts:
+            try:
+                message = compose(batch, self.options)
+                result = self.client.post(
+                    queue.destination.url, message, timeout_seconds=self._exchange_seconds(batch)
+                )
+            except Exception:  # noqa: BLE001 - a failure to compose or post is a transient failure of this post
+                logger.exception("internal error while posting to %s", queue.destination)
+                result = PostResult(Outcome.TRANSIENT, None, "internal error in the relay")
+        elapsed_seconds = self.clock() - started
+        with self.condition:
+            try:
+                finished = queue.finish(batch, result, self.clock())
+            except Exception:  # noqa: BLE001 - the batch goes back to the queue rather than vanish with it
+                logger.exception("internal error after posting to %s; the notifications stay queued", name)
+                queue.requeue_in_flight(self.clock())
+                finished = []
+            for job in finished:
+                self.queued_bytes -= job.size_bytes
+            self.metrics.queued.labels(name).set(queue.pending_count)
+            self.condition.notify_all()
+        if result is not None:
+            self._count_post(name, batch, result, elapsed_seconds, is_retry, finished)
+        log_post(queue.destination, batch, result, elapsed_seconds * 1000)
+        return True
 
     def _count_post(
         self, name: str, batch: Batch, result: PostResult, elapsed_seconds: float, is_retry: bool, finished: list[Job]

@@ -7,11 +7,13 @@ finish() with Rocket.Chat's answer. Every method takes the time, so tests run it
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import logging
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Sequence
 
 from .client import Outcome, PostResult
 from .config import Destination
@@ -32,6 +34,10 @@ BACKOFF_CAP_SECONDS = 4.0
 STALE_FIRING_SECONDS = 10.0
 # Forgetting expired de-duplication entries is a scan: done at most this often (lookups check age themselves).
 FORGET_INTERVAL_SECONDS = 5.0
+# Groups remembered for de-duplication when no bound is given (MAX_TRACKED_GROUPS).
+DEFAULT_MAX_TRACKED_GROUPS = 50_000
+# 128-bit digests: a collision between two different notifications is out of reach (2**64 of them for even odds).
+DIGEST_BYTES = 16
 
 
 class JobState:
@@ -51,8 +57,11 @@ class Job:
     destination: Destination
     notification: Notification
     alerts: tuple[Alert, ...]
-    dedup_key: Hashable | None
+    dedup_key: bytes | None
     size_bytes: int
+    answer_by: float | None = None  # when the request waiting for it is answered, whatever happened
+    group_id: bytes | None = None  # the digest of its groupKey, once it is remembered for de-duplication
+    submitted_at: float = 0.0
     state: str = JobState.QUEUED
     plain_text: bool = False  # Rocket.Chat refused its rich message: it goes alone, as plain text
     status: int | None = None
@@ -64,6 +73,35 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in JobState.FINISHED
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedGroup:
+    """What a group's latest notification is remembered by once it finished: digests and the answer, ~200 bytes.
+
+    Whole notifications (labels, annotations) cost kilobytes each; a storm of distinct groups must not hold them.
+    """
+
+    dedup_key: bytes
+    state: str
+    status: int | None
+    reason: str
+    submitted_at: float
+    finished_at: float
+    finished: bool = True
+
+    @classmethod
+    def of(cls, job: Job) -> "FinishedGroup":
+        return cls(job.dedup_key, job.state, job.status, job.reason, job.submitted_at, job.finished_at)
+
+    def answer_for(self, repeat: Job) -> Job:
+        """A finished job standing for the repeat, carrying the answer the original got."""
+        finished = Job(
+            repeat.destination, repeat.notification, repeat.alerts, self.dedup_key, 0, state=self.state,
+            status=self.status, reason=self.reason, finished_at=self.finished_at, submitted_at=self.submitted_at,
+        )
+        finished.done.set()
+        return finished
 
 
 @dataclass
@@ -83,17 +121,24 @@ class Batch:
         return sum(len(alerts) for _, alerts in self.parts)
 
 
-def dedup_key(notification: Notification, alerts: Sequence[Alert]) -> Hashable | None:
+def _digest(document: object) -> bytes:
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES).digest()
+
+
+def dedup_key(notification: Notification, alerts: Sequence[Alert]) -> bytes | None:
     """Same groupKey and same set of (fingerprint, status, startsAt, endsAt): the same notification again.
 
-    Only bodies with a groupKey and a fingerprint on every alert qualify.
+    Only bodies with a groupKey and a fingerprint on every alert qualify. A digest, so memory stays small.
     """
     if not notification.group_key or not alerts or any(not alert.fingerprint for alert in alerts):
         return None
-    return (
-        notification.group_key,
-        frozenset((alert.fingerprint, alert.status, alert.starts_at, alert.ends_at) for alert in alerts),
-    )
+    states = sorted({(alert.fingerprint, alert.status, alert.starts_at, alert.ends_at) for alert in alerts})
+    return _digest([notification.group_key, states])
+
+
+def group_id(notification: Notification) -> bytes:
+    return _digest(notification.group_key)
 
 
 def is_reminder(notification: Notification) -> bool:
@@ -110,17 +155,23 @@ class HookQueue:
         rate_limit: RateLimit,
         dedup_window_seconds: float,
         jitter: Callable[[], float] | None = None,
+        *,
+        max_tracked_groups: int = DEFAULT_MAX_TRACKED_GROUPS,
+        on_group_forgotten: Callable[[], None] = lambda: None,
     ):
         self.destination = destination
+        self.max_tracked_groups = max_tracked_groups
+        self.on_group_forgotten = on_group_forgotten
         self.budget = PostBudget(rate_limit)
         self.dedup_window_seconds = dedup_window_seconds
         self.jitter = jitter or (lambda: random.uniform(0.5, 1.5))
         self.waiting: collections.deque[Job] = collections.deque()
         self.alone_batches: collections.deque[tuple[Job, ...]] = collections.deque()
         self.in_flight: Batch | None = None
-        # De-duplication: each group's latest notification (queued, in flight, or finished within the window).
-        self.latest_by_group: dict[str, Job] = {}
-        self.resolved_posted: dict[Hashable, tuple[str, float]] = {}  # alert → (startsAt, when posted RESOLVED)
+        # De-duplication: each group's latest notification (queued or in flight: the Job; finished within the
+        # window: its FinishedGroup), by groupKey digest, oldest submission first.
+        self.latest_by_group: dict[bytes, Job | FinishedGroup] = {}
+        self.resolved_posted: dict[object, tuple[str, float]] = {}  # alert → (startsAt, when posted RESOLVED)
         self.last_post_at: float | None = None  # when the last post was sent
         self.next_forget_at = 0.0
         self.retry_at = 0.0
@@ -138,26 +189,38 @@ class HookQueue:
         if now >= self.next_forget_at:
             self._forget_expired(now)
             self.next_forget_at = now + FORGET_INTERVAL_SECONDS
+        job.submitted_at = now
         if job.dedup_key is None:
             self.waiting.append(job)
             return job, False
-        group = job.notification.group_key
+        group = job.group_id = group_id(job.notification)
         latest = self.latest_by_group.get(group)
         if latest is not None and latest.dedup_key == job.dedup_key and not self._expired(latest, now):
             # A reminder repeats on purpose: it joins only a copy still on its way, never a delivered one.
             if not (is_reminder(job.notification) and latest.finished):
-                return latest, True
+                return (latest if isinstance(latest, Job) else latest.answer_for(job)), True
+        self.latest_by_group.pop(group, None)  # inserted anew at the end: the dict stays in submission order
         self.latest_by_group[group] = job
+        while len(self.latest_by_group) > self.max_tracked_groups:
+            # The oldest first; a job still queued is posted all the same, only a repeat of it would not be joined.
+            del self.latest_by_group[next(iter(self.latest_by_group))]
+            self.on_group_forgotten()
         self.waiting.append(job)
         return job, False
 
-    def _expired(self, job: Job, now: float) -> bool:
+    def _expired(self, entry: Job | FinishedGroup, now: float) -> bool:
         """Finished longer ago than the de-duplication window (counted from delivery)."""
-        return job.finished and job.finished_at is not None and job.finished_at <= now - self.dedup_window_seconds
+        return (
+            entry.finished and entry.finished_at is not None
+            and entry.finished_at <= now - self.dedup_window_seconds
+        )
 
     def _forget_expired(self, now: float) -> None:
-        for group, job in list(self.latest_by_group.items()):
-            if self._expired(job, now):
+        horizon = now - self.dedup_window_seconds
+        for group, entry in list(self.latest_by_group.items()):
+            if entry.submitted_at > horizon:
+                break  # in submission order, and none finished before it was submitted: the rest are younger
+            if self._expired(entry, now):
                 del self.latest_by_group[group]
         for identity, (_, when) in list(self.resolved_posted.items()):
             if now - when >= STALE_FIRING_SECONDS:
@@ -280,7 +343,15 @@ class HookQueue:
         if result.status == 429:
             # Wait for the window to reopen: from X-RateLimit-Reset or the "wait N seconds" text.
             wait = result.wait_seconds if result.wait_seconds is not None else result.rate_limit_reset_seconds
-            self.budget.block_until(now + (wait if wait is not None else BACKOFF_CAP_SECONDS))
+            if wait is None:
+                wait = BACKOFF_CAP_SECONDS
+            elif wait > self.budget.limit.max_wait_seconds:
+                logger.warning(
+                    "Rocket.Chat asked %s to wait %.0f s; waiting %g s at most (the rate-limit window plus a margin)",
+                    self.destination, min(wait, 1e12), self.budget.limit.max_wait_seconds,
+                )
+                wait = self.budget.limit.max_wait_seconds
+            self.budget.block_until(now + wait)
             return
         # The exponent is bounded: 2 ** 1024 would overflow a float after a long outage.
         step = min(BACKOFF_CAP_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** min(self.consecutive_failures - 1, 16))
@@ -299,5 +370,7 @@ class HookQueue:
         for job in batch.jobs:
             job.state, job.status, job.reason, job.finished_at = state, status, reason, now
             job.done.set()
+            if job.group_id is not None and self.latest_by_group.get(job.group_id) is job:
+                self.latest_by_group[job.group_id] = FinishedGroup.of(job)  # same key: its place is kept
         return list(batch.jobs)
 

@@ -8,8 +8,10 @@ import logging
 import logging.handlers
 import re
 import sys
+import threading
 import time
 import uuid
+from typing import Callable
 
 from .config import Config
 from .redact import Redactor
@@ -94,3 +96,39 @@ def configure_logging(config: Config, redactor: Redactor) -> None:
     root.addHandler(handler)
     root.setLevel(config.log_level)
     quiet_library_loggers()
+
+
+def install_exception_hooks(on_error: Callable[[], None] = lambda: None) -> None:
+    """Errors nobody caught, in any thread, go to the log at ERROR: redacted, in the configured format.
+
+    Python's defaults print them raw to standard error, past the redactor (a hook URL in a traceback) and the JSON
+    format, and a dying thread then goes unnoticed.
+    """
+    error_logger = logging.getLogger("rcwebhook.errors")
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        on_error()
+        name = args.thread.name if args.thread is not None else "unknown"
+        error_logger.error(
+            "uncaught error in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+
+    def process_hook(exc_type, exc_value, exc_traceback) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            sys.__excepthook__(exc_type, exc_value, exc_traceback)
+            return
+        on_error()
+        error_logger.error("uncaught error", exc_info=(exc_type, exc_value, exc_traceback))
+
+    def unraisable_hook(unraisable) -> None:
+        on_error()
+        error_logger.error(
+            "error nobody could catch (%s)", unraisable.err_msg or "exception ignored",
+            exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+        )
+
+    threading.excepthook = thread_hook
+    sys.excepthook = process_hook
+    sys.unraisablehook = unraisable_hook

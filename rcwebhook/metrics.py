@@ -95,6 +95,16 @@ class Metrics:
             f"{PREFIX}_notifications_queued", "Notifications waiting for a post or in flight.", ["destination"],
             registry=registry,
         )
+        self.groups_forgotten = Counter(
+            f"{PREFIX}_tracked_groups_forgotten_total",
+            "Groups forgotten by de-duplication before their window ended, because MAX_TRACKED_GROUPS was reached.",
+            ["destination"], registry=registry,
+        )
+        self.internal_errors = Counter(
+            f"{PREFIX}_internal_errors_total",
+            "Failures inside the relay's own threads, logged at ERROR; the work went on.", ["where"],
+            registry=registry,
+        )
         self.auth_failures = Counter(
             f"{PREFIX}_auth_failures_total", "Requests refused for a missing or wrong token.", registry=registry
         )
@@ -105,6 +115,8 @@ class Metrics:
             for outcome in ("delivered", "content_refused", "permanent", "transient"):
                 self.posts.labels(name, outcome)
             for counter in (self.retries, self.rate_limited, self.rate_limit_wait, self.fallbacks, self.refusals,
-                            self.merged, self.deduplicated):
+                            self.merged, self.deduplicated, self.groups_forgotten):
                 counter.labels(name)
             self.queued.labels(name).set(0)
+        for where in ("post_worker", "thread"):
+            self.internal_errors.labels(where)

@@ -16,6 +16,11 @@ BURST_SHARE = 0.3
 # Within that burst, after the first post, a short hold lets notifications arriving together (a storm's groups come
 # within a second) share the next post rather than spend the burst on one group each.
 BURST_GAP_SECONDS = 0.5
+# A wait Rocket.Chat asks for (429) is honoured up to its window plus this margin: its own limiter's window is
+# a minute, so a longer wait is a skewed clock or a broken proxy, and obeying it would silence a channel.
+WAIT_MARGIN_SECONDS = 5.0
+# The window assumed for that cap when pacing is off: Rocket.Chat's default (API_Enable_Rate_Limiter_Limit_Time_Default).
+ROCKETCHAT_WINDOW_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,11 @@ class RateLimit:
 
     def __str__(self) -> str:
         return f"{self.count}/{self.window_seconds:g}s" if self.enabled else "off"
+
+    @property
+    def max_wait_seconds(self) -> float:
+        """The longest wait Rocket.Chat may impose on us: its window plus a margin."""
+        return (self.window_seconds if self.enabled else ROCKETCHAT_WINDOW_SECONDS) + WAIT_MARGIN_SECONDS
 
 
 def parse_rate_limit(text: str) -> RateLimit:
@@ -80,7 +90,7 @@ class PostBudget:
         if remaining is None or reset_in_seconds is None:
             return
         self.server_remaining = remaining
-        self.server_reset_at = now + max(0.0, reset_in_seconds)
+        self.server_reset_at = now + min(max(0.0, reset_in_seconds), self.limit.max_wait_seconds)
 
     def block_until(self, at: float) -> None:
         """Rocket.Chat answered 429: nothing more until its window reopens."""

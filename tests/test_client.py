@@ -1,6 +1,7 @@
 """Classifying Rocket.Chat's answers: what each one means for the alert, as the contract describes them."""
 
 import json
+import math
 import socket
 
 import pytest
@@ -21,9 +22,16 @@ def test_success_needs_200_and_success_true():
     assert answer(200, {"success": True, "responses": [{"channel": "x", "message": {"_id": "1"}}]})[0] is Outcome.DELIVERED
 
 
-@pytest.mark.parametrize("body", [{"success": False}, {}, "OK", "", {"success": "true"}])
-def test_200_without_success_true_is_a_content_refusal(body):
-    assert answer(200, body)[0] is Outcome.CONTENT_REFUSED
+def test_200_with_success_false_is_rocketchats_refusal_of_the_content():
+    assert answer(200, {"success": False, "error": "x"})[0] is Outcome.CONTENT_REFUSED
+
+
+@pytest.mark.parametrize("body", [{}, "OK", "", "<html>maintenance</html>", {"success": "true"}, [1], "null"])
+def test_200_that_is_not_rocketchats_answer_is_transient_never_a_refusal(body):
+    # A proxy's or a maintenance page's 200 posted nothing, but a retry may well post.
+    outcome, reason, _ = answer(200, body)
+    assert outcome is Outcome.TRANSIENT
+    assert "not Rocket.Chat's answer" in reason
 
 
 @pytest.mark.parametrize(
@@ -51,9 +59,21 @@ def test_404_says_wrong_hook_id_or_token():
     assert "wrong hook id or token" in reason
 
 
-@pytest.mark.parametrize("status", [401, 403])
-def test_proxy_auth_refusals_are_permanent(status):
-    assert answer(status, "Forbidden")[0] is Outcome.PERMANENT
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_refusals_that_are_not_rocketchats_json_are_transient(status):
+    # Not an answer Rocket.Chat gives (a proxy in front): retried, and 503 to Alertmanager, never a remembered refusal.
+    outcome, reason, _ = answer(status, "Forbidden")
+    assert outcome is Outcome.TRANSIENT
+    assert "proxy" in reason
+
+
+@pytest.mark.parametrize("status", [100, 204, 302, 405, 410, 418, 422, 451, 599, 600, 999])
+def test_statuses_the_contract_does_not_list_are_transient(status):
+    assert answer(status, "whatever")[0] is Outcome.TRANSIENT
+
+
+def test_a_400_that_is_not_rocketchats_json_is_transient():
+    assert answer(400, "<html>400 Bad Request</html>")[0] is Outcome.TRANSIENT
 
 
 def test_plain_text_500_is_transient_with_wrong_token_hint():
@@ -78,6 +98,27 @@ def test_429_wait_read_from_reset_against_server_date():
     outcome, _, wait = answer(429, {"success": False, "error": "too many"}, headers)
     assert outcome is Outcome.TRANSIENT
     assert abs(wait - 42) < 1e-6
+
+
+@pytest.mark.parametrize("reset", ["99999999999999999999", "1e400", "nan", "inf", "-inf", "garbage", "-5000", "", "0x10"])
+def test_429_wait_from_an_unusable_or_absurd_reset_never_raises(reset):
+    headers = {"X-RateLimit-Reset": reset, "Date": "Tue, 14 Nov 2023 22:13:20 GMT"}
+    wait = rate_limit_wait_seconds(headers, "", NOW)
+    # Absurd but finite values are returned as they are: the hook's queue caps them at its window.
+    assert wait is None or (math.isfinite(wait) and wait >= 0)
+    assert answer(429, {"success": False, "error": "x"}, headers)[0] is Outcome.TRANSIENT
+
+
+@pytest.mark.parametrize("date", ["garbage", "Tue, 14 Nov 99999 22:13:20 GMT", "Mon, 32 Foo 2023 25:61:61 GMT"])
+def test_429_with_an_unreadable_date_reads_the_reset_against_our_clock(date):
+    headers = {"X-RateLimit-Reset": str(int((NOW + 30) * 1000)), "Date": date}
+    assert abs(rate_limit_wait_seconds(headers, "", NOW) - 30) < 1e-6
+
+
+def test_429_reset_in_the_past_is_ignored_in_favour_of_the_body_text():
+    headers = {"X-RateLimit-Reset": str(int((NOW - 30) * 1000))}
+    assert rate_limit_wait_seconds(headers, "You must wait 12 seconds", NOW) == 12
+    assert rate_limit_wait_seconds(headers, "", NOW) is None
 
 
 def test_429_wait_read_from_body_text_without_headers():

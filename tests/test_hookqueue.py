@@ -9,7 +9,7 @@ from rcwebhook.config import Destination
 from rcwebhook.hookqueue import HookQueue, Job, JobState, dedup_key
 from rcwebhook.merging import merge_notifications
 from rcwebhook.model import Alert, Notification
-from rcwebhook.pacing import PostBudget, parse_rate_limit
+from rcwebhook.pacing import WAIT_MARGIN_SECONDS, PostBudget, parse_rate_limit
 
 HOOK = Destination("critical", "http://rc/hooks/id/critical-token")
 OK = PostResult(Outcome.DELIVERED, 200, "")
@@ -258,7 +258,8 @@ def test_a_repeat_of_a_delivered_notification_joins_it_within_the_window():
     queue.submit(first, 0.0)
     post_once(queue, 0.0, OK)
     repeat, joined = queue.submit(group("f2", "f1"), 100.0)
-    assert joined and repeat is first and repeat.finished
+    assert joined and repeat.finished and repeat.done.is_set()
+    assert (repeat.state, repeat.status) == (JobState.DELIVERED, 200)  # the answer the first one got
     assert queue.due_at(100.0) is None  # nothing to post
     _, joined = queue.submit(group("f1", "f2"), 301.0)  # the window is counted from delivery
     assert not joined
@@ -407,3 +408,50 @@ def test_a_long_outage_never_breaks_the_backoff():
     queue.consecutive_failures = 5000
     post_once(queue, 0.0, SERVER_ERROR)
     assert queue.due_at(0.0) == 4.0
+
+
+# -- waits Rocket.Chat asks for, and bounded memory ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("asked_seconds", [3600.0, 86_400.0, 1e17])
+def test_a_429_asking_for_a_long_wait_holds_the_hook_no_longer_than_the_window_plus_a_margin(asked_seconds, caplog):
+    queue = make_queue("10/60s")
+    queue.submit(job(alert()), 0.0)
+    post_once(queue, 0.0, PostResult(Outcome.TRANSIENT, 429, "too many", wait_seconds=asked_seconds))
+    due = queue.due_at(0.0)
+    assert 60.0 <= due <= 60.0 + WAIT_MARGIN_SECONDS
+    assert "waiting 65 s at most" in caplog.text
+
+
+def test_a_429_reset_header_far_ahead_is_capped_too():
+    queue = make_queue("10/2s")
+    queue.submit(job(alert()), 0.0)
+    result = PostResult(Outcome.TRANSIENT, 429, "too many", rate_limit_remaining=0, rate_limit_reset_seconds=1e20)
+    post_once(queue, 0.0, result)
+    assert queue.due_at(0.0) <= 2.0 + WAIT_MARGIN_SECONDS
+    post_once(queue, queue.due_at(0.0), OK)  # and the hook posts again once that time came
+    assert queue.idle
+
+
+def test_tracked_groups_are_capped_oldest_first_and_each_forgotten_one_is_counted():
+    forgotten = []
+    queue = HookQueue(HOOK, parse_rate_limit("0"), 300.0, jitter=lambda: 1.0, max_tracked_groups=3,
+                      on_group_forgotten=lambda: forgotten.append(1))
+    for number in range(5):
+        queue.submit(job(alert(fingerprint=f"f{number}"), group_key=f"g{number}"), float(number))
+        post_once(queue, float(number), OK)
+    assert len(forgotten) == 2 and len(queue.latest_by_group) == 3
+    # g0 was forgotten: its repeat is posted again; g4 is remembered: its repeat joins.
+    assert queue.submit(job(alert(fingerprint="f4"), group_key="g4"), 10.0)[1] is True
+    assert queue.submit(job(alert(fingerprint="f0"), group_key="g0"), 10.0)[1] is False
+
+
+def test_a_finished_group_is_remembered_by_digests_not_by_its_notification():
+    queue = make_queue()
+    big = alert(fingerprint="f1")
+    big.labels["description"] = "x" * 100_000
+    queue.submit(job(big, group_key="g" * 10_000), 0.0)
+    post_once(queue, 0.0, OK)
+    [(group, remembered)] = queue.latest_by_group.items()
+    assert len(group) == 16 and len(remembered.dedup_key) == 16
+    assert not hasattr(remembered, "notification")
