@@ -3,6 +3,7 @@ uncaught errors that reach the log redacted, failed authentications slowed from 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
@@ -171,3 +172,26 @@ def test_the_global_failure_window_expires():
     assert limiter.record_failure("a-new") == "all"
     now[0] += 61
     assert limiter.record_failure("a-new") is None
+
+
+def test_groups_remembered_for_de_duplication_are_capped_and_the_forgotten_are_counted(fake_rocketchat):
+    application, dispatcher = make_app(fake_rocketchat, MAX_TRACKED_GROUPS="50", ROCKETCHAT_RATE_LIMIT="0")
+    client = application.test_client()
+    try:
+        def body(number):
+            return json.dumps({
+                "status": "firing", "groupKey": f"group-{number}", "receiver": "rc",
+                "alerts": [{"status": "firing", "labels": {"alertname": f"A{number}", "severity": "critical"},
+                            "startsAt": "2026-12-01T07:00:00Z", "fingerprint": f"fp{number}"}],
+            })
+
+        assert {client.post("/webhook", data=body(number)).status_code for number in range(120)} == {200}
+        assert len(queue_of(dispatcher, "critical").latest_by_group) == 50
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'rocketchat_webhook_tracked_groups_forgotten_total{destination="critical"} 70.0' in metrics
+        # A recent group is still recognised; a forgotten one is posted again rather than lost.
+        assert client.post("/webhook", data=body(119)).get_json().get("deduplicated") is True
+        assert client.post("/webhook", data=body(0)).get_json().get("deduplicated") is None
+        assert len(fake_rocketchat.messages_to("critical")) == 121
+    finally:
+        dispatcher.stop(drain_seconds=0)
