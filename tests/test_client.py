@@ -156,3 +156,47 @@ def test_redactor_removes_secrets_urls_and_hook_paths():
     assert "tok-123456" not in redacted
     assert "/hooks/abc" not in redacted
     assert "rc:3000" not in redacted
+
+
+def _serve_once(raw_answer: bytes):
+    """A server that answers one request with raw_answer and closes; returns (url, thread)."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def answer_once():
+        connection, _ = server.accept()
+        with connection, server:
+            connection.recv(65536)
+            connection.sendall(raw_answer)
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}/hooks/some-id/super-secret-token", thread
+
+
+def test_a_compressed_answer_that_expands_past_the_cap_is_transient_not_held_in_memory():
+    import gzip
+
+    bomb = gzip.compress(b"0" * (64 * 1024 * 1024))  # 64 MiB of zeros in about 64 KiB
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            f"Content-Length: {len(bomb)}\r\nConnection: close\r\n\r\n").encode()
+    url, thread = _serve_once(head + bomb)
+    result = RocketChatClient().post(url, {"text": "x"}, timeout_seconds=5)
+    thread.join(5)
+    assert result.outcome is Outcome.TRANSIENT
+    assert "larger than 1048576 bytes" in result.reason
+
+
+def test_a_gzip_answer_within_the_cap_is_read():
+    import gzip
+
+    body = gzip.compress(json.dumps({"success": True}).encode())
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    url, thread = _serve_once(head + body)
+    result = RocketChatClient().post(url, {"text": "x"}, timeout_seconds=5)
+    thread.join(5)
+    assert result.outcome is Outcome.DELIVERED
