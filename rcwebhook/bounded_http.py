@@ -33,28 +33,29 @@ class Exchange:
     """One request and its answer, from connecting to the answer's last byte."""
 
     deadline: float  # time.monotonic()
-    connection: object | None = None
+    sock: socket.socket | None = None
     expired: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def attach(self, connection: object) -> None:
+    def attach(self, sock: socket.socket | None) -> None:
+        """The exchange's socket, as soon as it is connected (http.client drops its own reference to it when the
+        answer says Connection: close, while the answer is still being read from it)."""
+        if sock is None:
+            return
         with self.lock:
-            self.connection = connection
+            self.sock = sock
             if self.expired:
-                _shut(connection)
+                _shut(sock)
 
     def expire(self) -> None:
         with self.lock:
             self.expired = True
-            if self.connection is not None:
-                _shut(self.connection)
+            if self.sock is not None:
+                _shut(self.sock)
 
 
-def _shut(connection: object) -> None:
-    """Wake a thread blocked on this connection's socket: the blocked read returns, the exchange fails."""
-    sock = getattr(connection, "sock", None)
-    if sock is None:
-        return
+def _shut(sock: socket.socket) -> None:
+    """Wake a thread blocked on this socket: the blocked read returns, the exchange fails."""
     try:
         # The plain socket's shutdown, even for TLS: SSLSocket.shutdown would tear down state the reader still uses.
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
@@ -86,7 +87,7 @@ class Watchdog:
     def end(self, exchange: Exchange) -> None:
         self._local.exchange = None
         with exchange.lock:
-            exchange.connection = None  # the connection goes back to the pool: never shut it after this
+            exchange.sock = None  # the connection goes back to the pool: never shut it after this
 
     def current(self) -> Exchange | None:
         return getattr(self._local, "exchange", None)
@@ -97,10 +98,7 @@ class Watchdog:
                 now = time.monotonic()
                 while self._heap and self._heap[0][0] <= now:
                     _, _, exchange = heapq.heappop(self._heap)
-                    if exchange.connection is not None:
-                        exchange.expire()
-                    else:
-                        exchange.expired = True  # still connecting: attach() shuts it
+                    exchange.expire()  # without a socket yet (still connecting), attach() shuts it
                 wait = self._heap[0][0] - now if self._heap else None
                 self._condition.wait(wait)
 
@@ -109,19 +107,29 @@ WATCHDOG = Watchdog()
 
 
 class _WatchedConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _attach_current(self)
+
     def request(self, *args, **kwargs):  # type: ignore[override]
-        exchange = WATCHDOG.current()
-        if exchange is not None:
-            exchange.attach(self)
+        _attach_current(self)  # a pooled connection is connected already
         return super().request(*args, **kwargs)
 
 
 class _WatchedTLSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _attach_current(self)
+
     def request(self, *args, **kwargs):  # type: ignore[override]
-        exchange = WATCHDOG.current()
-        if exchange is not None:
-            exchange.attach(self)
+        _attach_current(self)
         return super().request(*args, **kwargs)
+
+
+def _attach_current(connection: HTTPConnection) -> None:
+    exchange = WATCHDOG.current()
+    if exchange is not None:
+        exchange.attach(connection.sock)
 
 
 class _WatchedPool(HTTPConnectionPool):

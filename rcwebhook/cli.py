@@ -8,12 +8,15 @@ import os
 import sys
 from typing import Sequence
 
-from .config import ConfigError, describe_config, load_config, load_dotenv_from_working_directory
-from .dispatcher import compose
-from .hookqueue import Batch
+from .channels.rocketchat import RocketChatChannel
+from .config import ConfigError, load_config, load_dotenv_from_working_directory
+from .hookqueue import Batch, Job, dedup_key
 from .model import PayloadError
 from .payload import parse_notification
-from .routing import format_options, route_alerts
+from .routes import DEFAULT_INTEGRATION, destinations_for
+from .routes_file import load_route_table
+from .routing import format_options
+from .settings import describe_settings
 
 CONFIG_ERROR_EXIT_STATUS = 2  # systemd's RestartPreventExitStatus=2: a configuration error is not retried
 INPUT_ERROR_EXIT_STATUS = 1
@@ -30,20 +33,35 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="validate the environment (and .env), print each destination with its token redacted")
     action.add_argument("--render", metavar="BODY.json",
                         help="print the Rocket.Chat messages a webhook body would become, and where; no network")
+    action.add_argument("--routes-test", metavar="LABEL=VALUE", nargs="*",
+                        help="print the destinations an alert with these labels reaches (like amtool config routes "
+                        "test); no network")
+    parser.add_argument("--integration", default=DEFAULT_INTEGRATION,
+                        help="the integration whose routes --render and --routes-test use (default: default)")
     return parser.parse_args(argv)
 
 
 def load_environment_config():
+    """The config and the route table, from .env, the environment and ROUTES_FILE."""
     load_dotenv_from_working_directory()
-    return load_config(os.environ)
+    config = load_config(os.environ)
+    return config, load_route_table(config, os.environ)
+
+
+def _integration(table, name: str):
+    if name not in table.integrations:
+        raise ConfigError(f"no integration named {name!r} (known: {', '.join(table.integrations)})")
+    return table.integrations[name]
 
 
 def check_config() -> int:
-    config = load_environment_config()
+    config, table = load_environment_config()
     print("configuration OK")
-    for line in describe_config(config):
+    for line in table.describe():
         print(f"  {line}")
-    print(f"  webhook token: {'set' if config.webhook_token else 'NOT SET (POST /webhook is open)'}")
+    print("settings:")
+    for line in describe_settings(os.environ):
+        print(f"  {line}")
     print(f"  metrics token: {'set' if config.metrics_token else 'not set (/metrics is open)'}")
     print(f"  pacing: {config.rate_limit} per hook; de-duplication window: {config.dedup_window_seconds:g}s")
     print(f"  delivery deadline: {config.delivery_deadline_seconds:g}s; max body: {config.max_body_bytes} bytes")
@@ -51,8 +69,23 @@ def check_config() -> int:
     return 0
 
 
-def render(path: str) -> int:
-    config = load_environment_config()
+def routes_test(label_texts: Sequence[str], integration_name: str) -> int:
+    config, table = load_environment_config()
+    integration = _integration(table, integration_name)
+    labels = {}
+    for text in label_texts:
+        name, separator, value = text.partition("=")
+        if not separator or not name:
+            print(f"rocketchat-webhook: {text!r} is not label=value", file=sys.stderr)
+            return INPUT_ERROR_EXIT_STATUS
+        labels[name] = value.strip('"')
+    print(",".join(destinations_for(integration, labels)))
+    return 0
+
+
+def render(path: str, integration_name: str = DEFAULT_INTEGRATION) -> int:
+    config, table = load_environment_config()
+    _integration(table, integration_name)
     try:
         with open(path, "rb") as handle:
             document = json.loads(handle.read().decode("utf-8-sig"))
@@ -65,11 +98,12 @@ def render(path: str) -> int:
         problems = "; ".join(f"{'.'.join(map(str, item.loc))}: {item.msg}" for item in error.problems)
         print(f"rocketchat-webhook: {error.message}" + (f" ({problems})" if problems else ""), file=sys.stderr)
         return INPUT_ERROR_EXIT_STATUS
-    options = format_options(config)
+    channel = RocketChatChannel(client=None, default_options=format_options(config))
     rendered = []
-    for destination, alerts in route_alerts(notification, config):
-        batch = Batch(jobs=(), parts=[(notification, list(alerts))])
-        rendered.append({"destination": destination.name, "alerts": len(alerts), "message": compose(batch, options)})
+    for part in table.route(integration_name, notification):
+        job = Job(part.hook, notification, part.alerts, dedup_key(notification, part.alerts), 0, looks=part.looks)
+        batch = Batch(jobs=(job,), parts=[(notification, list(part.alerts))])
+        rendered.append({"destination": part.hook.name, "alerts": len(part.alerts), "message": channel.render(batch)})
     print(json.dumps(rendered, ensure_ascii=False, indent=2))
     return 0
 
@@ -81,7 +115,9 @@ def run_command(argv: Sequence[str] | None = None) -> int | None:
         if arguments.check_config:
             return check_config()
         if arguments.render:
-            return render(arguments.render)
+            return render(arguments.render, arguments.integration)
+        if arguments.routes_test is not None:
+            return routes_test(arguments.routes_test, arguments.integration)
     except ConfigError as error:
         print(f"rocketchat-webhook: configuration error: {error}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_STATUS

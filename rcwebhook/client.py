@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import enum
 import email.utils
 import json
 import math
 import re
 import time
-from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import requests
 
 from .bounded_http import AnswerTooLarge, DeadlineExceeded, WatchedAdapter, bounded_post
+from .outcome import SCRIPT_ERROR_MARKER, Outcome, PostResult
 from .redact import Redactor
 
 # A little above a multiple of 3 s, the TCP retransmission interval (requests' documented advice).
@@ -24,7 +23,6 @@ EXCHANGE_TIMEOUT_SECONDS = 5.0
 MAX_ANSWER_BYTES = 1024 * 1024
 REASON_MAX_CHARS = 300
 # Errors that no change of content can fix (rocketchat-contract.md): they need an operator, so no fallback is tried.
-SCRIPT_ERROR_MARKER = "error-running-script"
 PERMANENT_ERROR_MARKERS = (
     "invalid-channel",
     "error-not-allowed",
@@ -35,31 +33,6 @@ WAIT_SECONDS_PATTERN = re.compile(r"wait (\d+(?:\.\d+)?) seconds")
 WRONG_TOKEN_HINT = (
     "current Rocket.Chat servers answer a wrong hook id or token with a plain-text 500: check the webhook URL"
 )
-
-
-class Outcome(enum.Enum):
-    DELIVERED = "delivered"
-    CONTENT_REFUSED = "content_refused"  # a different content (the plain-text version) may be accepted
-    PERMANENT = "permanent"  # no content change can fix it: wrong hook, channel, script, permissions
-    TRANSIENT = "transient"  # trying again later may succeed: 5xx, 429, timeout, connection error
-
-
-@dataclass(frozen=True)
-class PostResult:
-    """What one POST to a hook came to; reason never contains a URL or a token."""
-
-    outcome: Outcome
-    status: int | None  # HTTP status; None when no answer arrived
-    reason: str
-    elapsed_ms: float = 0.0
-    wait_seconds: float | None = None  # how long Rocket.Chat asked us to wait (429)
-    rate_limit_remaining: int | None = None  # X-RateLimit-Remaining
-    rate_limit_reset_seconds: float | None = None  # X-RateLimit-Reset, as seconds from now
-
-    @property
-    def content_dependent(self) -> bool:
-        """A refusal that a different content may avoid (a hook's script can fail on one alert of a merged post)."""
-        return self.outcome is Outcome.CONTENT_REFUSED or SCRIPT_ERROR_MARKER in self.reason
 
 
 def _header_number(headers: Mapping[str, str], name: str) -> float | None:

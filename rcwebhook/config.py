@@ -85,6 +85,7 @@ class Config:
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
     request_read_timeout_seconds: float = DEFAULT_REQUEST_READ_TIMEOUT_SECONDS
     max_tracked_groups: int = DEFAULT_MAX_TRACKED_GROUPS
+    routes_file: str = ""  # ROUTES_FILE: when set, the whole routing configuration (routes_file.py reads it)
 
     @property
     def destinations(self) -> tuple[Destination, ...]:
@@ -251,13 +252,18 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if avatar_url and not avatar_url.startswith(("http://", "https://")):
         raise ConfigError("ROCKETCHAT_AVATAR_URL must be an http:// or https:// URL")
     severity_label = environ.get("SEVERITY_LABEL", "").strip() or DEFAULT_SEVERITY_LABEL
+    if environ.get("ROUTES_FILE", "").strip() and not os.path.isfile(environ["ROUTES_FILE"].strip()):
+        raise ConfigError(f"ROUTES_FILE={environ['ROUTES_FILE'].strip()!r} is not a readable file")
     mentions = {
         severity: environ.get(MENTION_VARIABLE[severity], "").strip()
         for severity in SEVERITIES
         if environ.get(MENTION_VARIABLE[severity], "").strip()
     }
+    routes_file = environ.get("ROUTES_FILE", "").strip()
     config = Config(
-        routes=_routes(environ),
+        # With a routes file the hooks come from it (routes_file.py), and ROCKETCHAT_WEBHOOK_* may not be set.
+        routes={} if routes_file else _routes(environ),
+        routes_file=routes_file,
         severity_label=severity_label,
         webhook_token=_read_setting(environ, "WEBHOOK_TOKEN"),
         metrics_token=_read_setting(environ, "METRICS_TOKEN"),

@@ -9,22 +9,20 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .client import Outcome, PostResult, RocketChatClient
-from .config import Config, Destination
-from .formatting import FormatOptions, build_message, build_plain_text_message, validate_message
-from .hookqueue import Batch, HookQueue, Job, JobState, dedup_key
-from .merging import merge_notifications
+from .config import Config
+from .delivery import answer_within_seconds
+from .hookqueue import Batch, Hook, HookQueue, Job, JobState, Part, dedup_key
 from .metrics import Metrics
-from .model import Alert, Notification
+from .model import Notification
+from .outcome import Outcome, PostResult
 
 logger = logging.getLogger("rcwebhook.delivery")
 
 # A worker's waits are cut into slices no longer than this: it re-reads its queue after each, and no wait, however
 # far ahead a due time lies, can overflow threading's timeout (an OverflowError once killed a hook's worker).
 MAX_WAIT_SLICE_SECONDS = 30.0
-# A post's whole exchange gets at least this long, even when the requests waiting for it have less time left: their
-# answers are enforced where they wait, and cutting a post Rocket.Chat may still be taking risks a duplicate.
-MIN_EXCHANGE_SECONDS = 2.0
+# A post's whole exchange gets at least this long, even when the requests waiting for it have less time left.
+MIN_EXCHANGE_SECONDS = 0.5
 # After an internal error a worker pauses (doubling, up to the cap) and carries on with its queue intact; this many
 # in a row without a clean round marks it unhealthy, so /health turns 503 and a liveness probe restarts the process.
 INTERNAL_ERROR_PAUSE_SECONDS = 0.1
@@ -48,53 +46,57 @@ class Submission:
     joined: list[bool]
 
 
-def compose(batch: Batch, options: FormatOptions) -> dict:
-    """The message one post carries: rich, or plain text after Rocket.Chat refused the rich one."""
-    notification, alerts = merge_notifications(batch.parts)
-    group_count = len(batch.parts)
-    if not batch.plain_text:
-        message = build_message(notification, alerts, options, group_count)
-        problems = validate_message(message)
-        if not problems:
-            return message
-        # Our own bug, caught before Rocket.Chat could silently drop or refuse the message.
-        logger.error("message breaks the Rocket.Chat contract (%s); sending plain text", "; ".join(problems[:3]))
-    return build_plain_text_message(notification, alerts, options, group_count)
-
-
 class Dispatcher:
-    """Owns the hook queues and their worker threads; requests submit jobs and wait for them with a deadline."""
+    """Owns the hook queues and their worker threads; requests submit jobs and wait for them with a deadline.
+
+    It knows no channel: the channel renders each batch and sends it, and its classified answer drives the queue.
+    """
 
     def __init__(
         self,
-        client: RocketChatClient,
+        channel,
+        hooks: Sequence[Hook],
         config: Config,
-        options: FormatOptions,
         *,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
     ):
-        self.client = client
+        self.channel = channel
         self.metrics = metrics or Metrics()
-        self.options = options
         self.clock = clock
+        self.config = config
         self.max_queued_bytes = config.max_queued_bytes
         self.condition = threading.Condition()
         self.delivery_deadline_seconds = config.delivery_deadline_seconds
-        self.queues = {
-            destination.url: HookQueue(
-                destination, config.rate_limit, config.dedup_window_seconds,
-                max_tracked_groups=config.max_tracked_groups,
-                on_group_forgotten=self.metrics.groups_forgotten.labels(destination.name).inc,
-            )
-            for destination in config.destinations
-        }
+        self.queues: dict[str, HookQueue] = {}
+        self.workers: dict[str, threading.Thread] = {}  # by hook URL
+        self.internal_errors_in_a_row: dict[str, int] = {}
         self.queued_bytes = 0
         self.running = False
         self.stopping = False
-        self.workers: dict[str, threading.Thread] = {}  # by hook URL
-        self.internal_errors_in_a_row: dict[str, int] = {url: 0 for url in self.queues}
         self.started_in_pid = 0
+        self.ensure_hooks(hooks)
+
+    def ensure_hooks(self, hooks: Sequence[Hook]) -> None:
+        """A queue (and, once started, a worker) for every hook; existing ones keep their pacing, queue and memory.
+
+        A hook no longer routed to keeps its queue: what is queued there still goes out, and it idles afterwards.
+        """
+        with self.condition:
+            for hook in hooks:
+                queue = self.queues.get(hook.url)
+                if queue is not None:
+                    queue.destination = hook  # a new name after a reload; same URL, same budget
+                    continue
+                rate_limit = getattr(hook, "rate_limit", None) or self.config.rate_limit
+                self.queues[hook.url] = HookQueue(
+                    hook, rate_limit, self.config.dedup_window_seconds,
+                    max_tracked_groups=self.config.max_tracked_groups,
+                    on_group_forgotten=self.metrics.groups_forgotten.labels(hook.name).inc,
+                )
+                self.internal_errors_in_a_row[hook.url] = 0
+                if self.running and self.started_in_pid == os.getpid():
+                    self._start_worker(hook.url)
 
     # -- life cycle ---------------------------------------------------------------------------------------------
 
@@ -166,18 +168,16 @@ class Dispatcher:
             )
         for thread in self.threads:
             thread.join(timeout=1.0)
-        self.client.close()
+        self.channel.close()
 
     # -- requests -----------------------------------------------------------------------------------------------
 
-    def submit(
-        self, notification: Notification, parts: Sequence[tuple[Destination, Sequence[Alert]]], body_bytes: int
-    ) -> Submission:
+    def submit(self, notification: Notification, parts: Sequence[Part], body_bytes: int) -> Submission:
         """Queue one notification's alerts, one job per hook; raises Overloaded when memory is at its bound."""
         if self.started_in_pid != os.getpid():
             self.start()
         now = self.clock()
-        answer_by = now + self.delivery_deadline_seconds
+        answer_by = now + answer_within_seconds(self.delivery_deadline_seconds)
         with self.condition:
             if self.stopping or not self.running:
                 raise Overloaded("the relay is shutting down", "shutting_down")
@@ -186,17 +186,18 @@ class Dispatcher:
             submission = Submission([], [])
             # The body's bytes are shared among its jobs, so the bound counts each body once.
             share_bytes = body_bytes // max(1, len(parts))
-            for destination, alerts in parts:
+            for part in parts:
                 job = Job(
-                    destination, notification, tuple(alerts), dedup_key(notification, alerts), share_bytes, answer_by
+                    part.hook, notification, part.alerts, dedup_key(notification, part.alerts), share_bytes,
+                    answer_by, looks=part.looks,
                 )
-                queue = self.queues[destination.url]
+                queue = self.queues[part.hook.url]
                 queued, joined = queue.submit(job, now)
                 if joined:
-                    self.metrics.deduplicated.labels(destination.name).inc()
+                    self.metrics.deduplicated.labels(queue.destination.name).inc()
                 else:
                     self.queued_bytes += share_bytes
-                self.metrics.queued.labels(destination.name).set(queue.pending_count)
+                self.metrics.queued.labels(queue.destination.name).set(queue.pending_count)
                 submission.jobs.append(queued)
                 submission.joined.append(joined)
             self.condition.notify_all()
@@ -259,9 +260,16 @@ class Dispatcher:
                     self.condition.wait(pause)
 
     def _exchange_seconds(self, batch: Batch) -> float:
-        """The time a post may take: what its waiting requests have left, within the client's own bound."""
+        """The time a post may take: what its waiting requests have left (the client caps it at its own bound).
+
+        When no request waits any more (all were answered 503 and their re-sends have not come yet), a quarter of
+        the delivery deadline: long enough for a slow Rocket.Chat, short enough that a request arriving meanwhile
+        is not held behind an attempt hanging on a broken server. A re-send that joins the work brings its own time.
+        """
         now = self.clock()
         left = max((job.answer_by - now for job in batch.jobs if job.answer_by is not None), default=0.0)
+        if left <= 0:
+            left = self.delivery_deadline_seconds / 4
         return max(MIN_EXCHANGE_SECONDS, left)
 
     def _work_one_round(self, queue: HookQueue) -> bool:
@@ -275,10 +283,8 @@ class Dispatcher:
         is_retry = queue.consecutive_failures > 0
         if batch.parts:
             try:
-                message = compose(batch, self.options)
-                result = self.client.post(
-                    queue.destination.url, message, timeout_seconds=self._exchange_seconds(batch)
-                )
+                message = self.channel.render(batch)
+                result = self.channel.send(queue.destination, message, timeout_seconds=self._exchange_seconds(batch))
             except Exception:  # noqa: BLE001 - a failure to compose or post is a transient failure of this post
                 logger.exception("internal error while posting to %s", queue.destination)
                 result = PostResult(Outcome.TRANSIENT, None, "internal error in the relay")
@@ -319,7 +325,7 @@ class Dispatcher:
                 metrics.refusals.labels(name).inc()
 
 
-def log_post(destination: Destination, batch: Batch, result: PostResult | None, elapsed_ms: float) -> None:
+def log_post(destination: Hook, batch: Batch, result: PostResult | None, elapsed_ms: float) -> None:
     if result is None:
         logger.info("post destination=%s skipped: every alert was already shown in a newer state", destination)
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from .attachments import AttachmentLimits, alert_attachment, alert_name, annotation, summary_attachments, usable_url
 from .model import FIRING, UNKNOWN_SEVERITY, Alert, Notification
@@ -68,14 +68,24 @@ def sort_alerts(alerts: Sequence[Alert], severity_label: str = "severity") -> li
 
 
 def build_message(
-    notification: Notification, alerts: Sequence[Alert], options: FormatOptions, group_count: int = 1
+    notification: Notification,
+    alerts: Sequence[Alert],
+    options: FormatOptions,
+    group_count: int = 1,
+    *,
+    mentions: Sequence[str] | None = None,
+    headline: str | None = None,
+    decorate: Callable[[Alert, dict, AttachmentLimits], dict] | None = None,
 ) -> dict:
     """One rich Rocket.Chat message for these alerts of the notification, within every limit of the contract.
 
     group_count > 1 says the notification merges that many groups: the headline then counts groups, not names.
+    mentions replaces the per-severity ones of options; headline (already made safe) replaces the built-in one
+    after them; decorate(alert, attachment, limits) may change each full alert's attachment (a user's template).
     """
     ordered = sort_alerts(alerts, options.severity_label)
-    head = "\n".join([_headline_line(notification, ordered, options, group_count), *_notes(notification)])
+    head_line = _headline_line(notification, ordered, options, group_count, mentions=mentions, headline=headline)
+    head = "\n".join([head_line, *_notes(notification)])
     text = cut_utf16_units(head, MAX_TEXT_UTF16_UNITS)
     label = options.severity_label
     graded = [(alert, classify_severity(alert.labels, label)) for alert in ordered]
@@ -83,6 +93,8 @@ def build_message(
     message: dict = {}
     for limits in _shrinking_limits():
         attachments = [alert_attachment(alert, severity, label, notification, limits) for alert, severity in full]
+        if decorate is not None:
+            attachments = [decorate(alert, attachment, limits) for (alert, _), attachment in zip(full, attachments)]
         attachments += summary_attachments(folded, label, notification, limits)
         message = {"text": text, **_sender_fields(options), "attachments": attachments}
         if _serialised_size_bytes(message) <= MAX_MESSAGE_BYTES:
@@ -91,11 +103,17 @@ def build_message(
 
 
 def build_plain_text_message(
-    notification: Notification, alerts: Sequence[Alert], options: FormatOptions, group_count: int = 1
+    notification: Notification,
+    alerts: Sequence[Alert],
+    options: FormatOptions,
+    group_count: int = 1,
+    *,
+    mentions: Sequence[str] | None = None,
 ) -> dict:
     """A text-only message (for when Rocket.Chat refused the rich one): headline, then one line per alert."""
     ordered = sort_alerts(alerts, options.severity_label)
-    head = "\n".join([_headline_line(notification, ordered, options, group_count), *_notes(notification)])
+    head_line = _headline_line(notification, ordered, options, group_count, mentions=mentions)
+    head = "\n".join([head_line, *_notes(notification)])
     lines = [_plain_line(alert, notification, options.severity_label) for alert in ordered]
     text = "\n".join([head, *lines])
     if utf16_units(text) > MAX_TEXT_UTF16_UNITS:
@@ -136,7 +154,13 @@ def _sender_fields(options: FormatOptions) -> dict:
 
 
 def _headline_line(
-    notification: Notification, ordered: Sequence[Alert], options: FormatOptions, group_count: int = 1
+    notification: Notification,
+    ordered: Sequence[Alert],
+    options: FormatOptions,
+    group_count: int = 1,
+    *,
+    mentions: Sequence[str] | None = None,
+    headline: str | None = None,
 ) -> str:
     """The configured mentions due, then e.g. "[FIRING:2, RESOLVED:1] HighCPUUsage, DiskFull" or "... 12 groups"."""
     firing = sum(1 for alert in ordered if alert.status == FIRING)
@@ -151,8 +175,10 @@ def _headline_line(
         named += f" and {len(names) - MAX_HEADLINE_NAMES} more"
     if group_count > 1:
         named = _count_of(group_count, "group")
-    headline = f"[{', '.join(counts)}] {named}".rstrip()
-    mentions = _mentions(ordered, options)
+    if headline is None:
+        headline = f"[{', '.join(counts)}] {named}".rstrip()
+    if mentions is None:
+        mentions = _mentions(ordered, options)
     # The configured mention is the one @ in a message meant to notify: it is not neutralised.
     return f"{' '.join(mentions)} {headline}" if mentions else headline
 

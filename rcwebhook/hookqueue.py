@@ -13,12 +13,11 @@ import logging
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
-from .client import Outcome, PostResult
-from .config import Destination
 from .merging import alert_identity, is_stale
 from .model import RESOLVED, Alert, Notification
+from .outcome import Outcome, PostResult
 from .pacing import PostBudget, RateLimit
 
 logger = logging.getLogger("rcwebhook.queue")
@@ -50,11 +49,28 @@ class JobState:
     FINISHED = (DELIVERED, DELIVERED_PLAIN_TEXT, REFUSED)
 
 
+class Hook(Protocol):
+    """Where posts go: the queue knows its name (for logs and metrics) and its url (the key, never logged)."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Part:
+    """One notification's alerts for one hook, as routing chose them; looks says, per alert, how the channel shows
+    it (opaque to the core: the route destination that sent it there)."""
+
+    hook: Hook
+    alerts: tuple[Alert, ...]
+    looks: tuple[object, ...] = ()
+
+
 @dataclass(eq=False)
 class Job:
     """One notification's alerts for one hook, from submission until Rocket.Chat took or refused them."""
 
-    destination: Destination
+    destination: Hook
     notification: Notification
     alerts: tuple[Alert, ...]
     dedup_key: bytes | None
@@ -62,6 +78,7 @@ class Job:
     answer_by: float | None = None  # when the request waiting for it is answered, whatever happened
     group_id: bytes | None = None  # the digest of its groupKey, once it is remembered for de-duplication
     submitted_at: float = 0.0
+    looks: tuple[object, ...] = ()  # per alert, as in Part
     state: str = JobState.QUEUED
     plain_text: bool = False  # Rocket.Chat refused its rich message: it goes alone, as plain text
     status: int | None = None
@@ -99,6 +116,7 @@ class FinishedGroup:
         finished = Job(
             repeat.destination, repeat.notification, repeat.alerts, self.dedup_key, 0, state=self.state,
             status=self.status, reason=self.reason, finished_at=self.finished_at, submitted_at=self.submitted_at,
+            looks=repeat.looks,
         )
         finished.done.set()
         return finished
@@ -151,7 +169,7 @@ class HookQueue:
 
     def __init__(
         self,
-        destination: Destination,
+        destination: Hook,
         rate_limit: RateLimit,
         dedup_window_seconds: float,
         jitter: Callable[[], float] | None = None,
@@ -198,7 +216,12 @@ class HookQueue:
         if latest is not None and latest.dedup_key == job.dedup_key and not self._expired(latest, now):
             # A reminder repeats on purpose: it joins only a copy still on its way, never a delivered one.
             if not (is_reminder(job.notification) and latest.finished):
-                return (latest if isinstance(latest, Job) else latest.answer_for(job)), True
+                if isinstance(latest, Job):
+                    if job.answer_by is not None:
+                        # A re-send now waits for it: the post may take the time the re-send has left.
+                        latest.answer_by = max(latest.answer_by or job.answer_by, job.answer_by)
+                    return latest, True
+                return latest.answer_for(job), True
         self.latest_by_group.pop(group, None)  # inserted anew at the end: the dict stays in submission order
         self.latest_by_group[group] = job
         while len(self.latest_by_group) > self.max_tracked_groups:

@@ -74,8 +74,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def quiet_library_loggers() -> None:
-    """urllib3 logs each request's path, hook token included, at DEBUG: keep it at WARNING whatever LOG_LEVEL says."""
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    """urllib3 logs request URLs, hook token included, at DEBUG and in WARNINGs (a header it cannot parse): keep it at
+    ERROR whatever LOG_LEVEL says; the relay logs every failure itself, redacted."""
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def configure_logging(config: Config, redactor: Redactor) -> None:

@@ -106,7 +106,26 @@ class Metrics:
             registry=registry,
         )
         self.auth_failures = Counter(
-            f"{PREFIX}_auth_failures_total", "Requests refused for a missing or wrong token.", registry=registry
+            f"{PREFIX}_auth_failures_total", "Requests refused for a missing or wrong token, by integration.",
+            ["integration"], registry=registry,
+        )
+        self.notifications_received = Counter(
+            f"{PREFIX}_notifications_received_total",
+            "Webhook bodies handled, by integration and the status answered.", ["integration", "status"],
+            registry=registry,
+        )
+        self.template_failures = Counter(
+            f"{PREFIX}_template_failures_total",
+            "Alerts shown in the built-in layout because their destination's template failed on them.", ["template"],
+            registry=registry,
+        )
+        self.config_last_reload_successful = Gauge(
+            f"{PREFIX}_config_last_reload_successful",
+            "Whether the last reload of the routes file (SIGHUP) succeeded (1) or was refused (0).", registry=registry,
+        )
+        self.config_last_reload_success_timestamp = Gauge(
+            f"{PREFIX}_config_last_reload_success_timestamp_seconds",
+            "When the route table in force was loaded (start or SIGHUP), in Unix seconds.", registry=registry,
         )
 
     def prime(self, destination_names: Iterable[str]) -> None:
@@ -120,3 +139,9 @@ class Metrics:
             self.queued.labels(name).set(0)
         for where in ("post_worker", "thread"):
             self.internal_errors.labels(where)
+
+    def prime_integrations(self, integration_names: Iterable[str]) -> None:
+        for name in integration_names:
+            self.auth_failures.labels(name)
+            for status in ("200", "502", "503"):
+                self.notifications_received.labels(name, status)

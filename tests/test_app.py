@@ -28,6 +28,7 @@ def test_seed_test_alert_answer_and_one_message_per_channel(client, fake_rocketc
     assert response.status_code == 200
     assert response.get_json() == {
         "status": "ok", "processed": 2, "alerts": ["HighCPUUsage", "HighMemoryUsage"], "messages": 2, "skipped": 0,
+        "integration": "default",
     }
     assert [message["text"] for message in fake_rocketchat.messages_to("critical")] == ["[FIRING:1] HighCPUUsage"]
     assert [message["text"] for message in fake_rocketchat.messages_to("warning")] == ["[FIRING:1] HighMemoryUsage"]
@@ -219,7 +220,7 @@ def test_open_endpoint_warns_once_at_start(environ, fake_rocketchat, caplog):
 
     with caplog.at_level(logging.WARNING):
         create_app(environ, client=fake_rocketchat)
-    assert sum("WEBHOOK_TOKEN is not set" in record.getMessage() for record in caplog.records) == 1
+    assert sum("no token for integration(s) default" in record.getMessage() for record in caplog.records) == 1
 
 
 class TestAnswersToAlertmanager:
@@ -278,8 +279,8 @@ def test_each_alert_is_logged_at_a_level_that_follows_severity(client, caplog):
                                  alert("D", "critical", status="resolved")]})
     lines = {record.getMessage(): record.levelno for record in caplog.records if record.name == "rcwebhook.alerts"}
     assert lines == {
-        "[ALERT FIRING] A (critical) instance=web-1: A summary": logging.ERROR,
-        "[ALERT FIRING] B (warning): B summary": logging.WARNING,
-        "[ALERT FIRING] C (info): C summary": logging.INFO,
-        "[ALERT RESOLVED] D (critical): D summary": logging.INFO,
+        "[ALERT FIRING] A (critical) integration=default instance=web-1: A summary": logging.ERROR,
+        "[ALERT FIRING] B (warning) integration=default: B summary": logging.WARNING,
+        "[ALERT FIRING] C (info) integration=default: C summary": logging.INFO,
+        "[ALERT RESOLVED] D (critical) integration=default: D summary": logging.INFO,
     }

@@ -186,6 +186,7 @@ def test_seed_test_alert_posts_one_coloured_message_per_severity(relay, shared_m
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok", "processed": 2, "alerts": ["HighCPUUsage", "HighMemoryUsage"], "messages": 2, "skipped": 0,
+        "integration": "default",
     }
     messages = recorded(shared_mock)
     [critical] = messages["critical"]

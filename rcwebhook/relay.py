@@ -1,0 +1,252 @@
+"""The Relay service: one webhook body for one integration in, the answer for Alertmanager out (no Flask here).
+
+It parses, logs, routes and queues the body, waits for the delivery core within the deadline, and says truthfully
+what came of it: 200 once Rocket.Chat took every alert, 503 (retry) while a retry could help, 502 for refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from .attachments import alert_name, annotation
+from .auth import TokenSource
+from .config import Config
+from .delivery import DeliveryReport, DeliveryState, answer_status, answer_within_seconds
+from .dispatcher import Dispatcher, Overloaded
+from .formatting import classify_severity
+from .metrics import Metrics
+from .model import FIRING, Notification, PayloadError
+from .payload import parse_notification
+from .routes import RouteTable
+from .safetext import one_line
+
+logger = logging.getLogger("rcwebhook")
+alert_logger = logging.getLogger("rcwebhook.alerts")
+
+JSON_HINT = (
+    "send the Alertmanager webhook payload as a JSON object, e.g. "
+    "curl -X POST http://<relay>:8093/webhook -H 'Content-Type: application/json' -d @test-alert.json"
+)
+ALERT_LOG_LEVEL = {"critical": logging.ERROR, "warning": logging.WARNING}
+LOG_SUMMARY_MAX_CHARS = 200
+# Threads parsing and queueing bodies at once (the rest wait blocked, off the interpreter lock).
+PROCESSING_THREADS = 2
+OVERLOAD_RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to answer: HTTP status, the JSON document, extra headers."""
+
+    status: int
+    document: dict
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def error_answer(status: int, error: str, headers: Mapping[str, str] | None = None, **extra) -> Answer:
+    return Answer(status, {"status": "error", "error": error, **extra}, dict(headers or {}))
+
+
+def decode_json_body(body: bytes) -> object:
+    """The body as JSON whatever the Content-Type says (curl -d sends form encoding); ValueError when it is not."""
+    if not body.strip():
+        raise ValueError("the body is empty")
+    try:
+        text = body.decode("utf-8-sig")  # tolerates a byte-order mark some editors write
+    except UnicodeDecodeError as error:
+        raise ValueError(f"the body is not UTF-8 (byte {error.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except RecursionError:
+        raise ValueError("the body is nested too deeply to be an Alertmanager payload") from None
+
+
+def log_alerts(notification: Notification, severity_label: str, integration: str) -> None:
+    """One line per alert, at a level that follows its severity, so the log alone tells what fired."""
+    for alert in notification.alerts:
+        severity = classify_severity(alert.labels, severity_label)
+        level = ALERT_LOG_LEVEL.get(severity, logging.INFO) if alert.status == FIRING else logging.INFO
+        summary = next(
+            (annotation(alert.annotations, key)[1] for key in ("summary", "description", "message")
+             if annotation(alert.annotations, key)[1]),
+            "",
+        )
+        instance = alert.labels.get("instance", "")
+        alert_logger.log(
+            level,
+            "[ALERT %s] %s (%s) integration=%s%s%s",
+            alert.status.upper(),
+            one_line(alert_name(alert, notification))[:LOG_SUMMARY_MAX_CHARS],
+            one_line(alert.labels.get(severity_label, "no severity"))[:LOG_SUMMARY_MAX_CHARS],
+            integration,
+            f" instance={one_line(instance)[:LOG_SUMMARY_MAX_CHARS]}" if instance else "",
+            f": {one_line(summary)[:LOG_SUMMARY_MAX_CHARS]}" if summary else "",
+        )
+    for skipped in notification.skipped:
+        logger.error("unusable alert skipped (integration %s): alerts[%d] %s", integration, skipped.index,
+                     skipped.reason)
+
+
+class Relay:
+    """Handles bodies for the integrations of the current route table; the table can be replaced while running."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        dispatcher: Dispatcher,
+        config: Config,
+        metrics: Metrics,
+        *,
+        on_new_secret: Callable[[str], None] = lambda secret: None,
+    ):
+        self.dispatcher = dispatcher
+        self.config = config
+        self.metrics = metrics
+        self.on_new_secret = on_new_secret
+        # Requests waiting for Rocket.Chat hold a thread each; past the bound, 503 at once (Alertmanager retries).
+        self.waiting_slots = threading.BoundedSemaphore(config.max_waiting_requests)
+        self.processing_slots = threading.BoundedSemaphore(PROCESSING_THREADS)
+        self.answer_within_seconds = answer_within_seconds(config.delivery_deadline_seconds)
+        self.table = table
+        self.tokens: dict[str, TokenSource] = {}
+        self.use_table(table)
+
+    # -- the table ------------------------------------------------------------------------------------------------
+
+    def use_table(self, table: RouteTable) -> None:
+        """Put a (validated) table in force at once: new requests route by it; queued work keeps its destinations."""
+        for secret in table.secrets:
+            self.on_new_secret(secret)
+        self.dispatcher.ensure_hooks(list(table.hooks.values()))
+        tokens = {
+            name: TokenSource(
+                integration.token, integration.token_file, integration.previous_token, on_new_token=self.on_new_secret
+            )
+            for name, integration in table.integrations.items()
+        }
+        self.metrics.prime(hook.name for hook in table.hooks.values())
+        self.metrics.prime_integrations(table.integrations)
+        self.tokens, self.table = tokens, table  # each a single reference swap: a request sees one table or the other
+
+    def knows(self, integration: str) -> bool:
+        return integration in self.table.integrations
+
+    def accepts(self, integration: str, presented: list[str]) -> bool:
+        """Constant-time check of the presented secrets against the integration's tokens; open without one."""
+        tokens = self.tokens.get(integration)
+        if tokens is None:
+            return False
+        if not tokens.enabled:
+            return True
+        matched = False
+        for candidate in presented or [""]:
+            matched |= tokens.accepts(candidate)
+        return matched
+
+    # -- a body ---------------------------------------------------------------------------------------------------
+
+    def overloaded(self, reason: str, kind: str) -> Answer:
+        self.metrics.overloaded.labels(kind).inc()
+        logger.error("answered 503 at once: %s", reason)
+        return error_answer(503, f"the relay is overloaded: {reason}; retry later",
+                            {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+
+    def handle(self, integration: str, body: bytes, started: float) -> Answer:
+        """Deliver one body received for the integration at `started` (the dispatcher's clock)."""
+        if not self.waiting_slots.acquire(blocking=False):
+            return self.overloaded(
+                f"{self.config.max_waiting_requests} requests already waiting (MAX_WAITING_REQUESTS)",
+                "waiting_requests",
+            )
+        self.metrics.requests_waiting.inc()
+        try:
+            return self._deliver(integration, body, started)
+        finally:
+            self.metrics.requests_waiting.dec()
+            self.waiting_slots.release()
+
+    def _deliver(self, integration: str, body: bytes, started: float) -> Answer:
+        dispatcher = self.dispatcher
+
+        def seconds_left() -> float:
+            return self.answer_within_seconds - (dispatcher.clock() - started)
+
+        # Few threads at a time do the CPU work of taking a body in: in a storm, a hundred threads all runnable
+        # at once would make /health and /ready wait for the interpreter lock behind every one of them.
+        if not self.processing_slots.acquire(timeout=max(0.0, seconds_left())):
+            return self.overloaded("no time left to take the body in before the delivery deadline", "intake")
+        try:
+            accepted = self._accept(integration, body)
+        finally:
+            self.processing_slots.release()
+        if isinstance(accepted, Answer):
+            return accepted
+        notification, parts, submission = accepted
+        # The deadline is enforced here, where the request waits, whatever the outbound call is doing. When the
+        # hook cannot post again before it (a 429 window, a spent budget), the answer is 503 at once: the work
+        # stays queued, and waiting would only hold a thread and a waiting slot.
+        if dispatcher.retry_after_seconds(submission.jobs) < seconds_left():
+            dispatcher.wait(submission, seconds_left())
+        reports = [DeliveryReport.of(job) for job in submission.jobs]
+        status, retry_after_seconds = answer_status(reports, dispatcher.retry_after_seconds(submission.jobs))
+        document = {
+            "status": "ok" if status == 200 else "error",
+            "processed": len(notification.alerts),
+            "alerts": [alert_name(alert, notification) for alert in notification.alerts],
+            "messages": len(parts),
+            "skipped": len(notification.skipped),
+            "integration": integration,
+        }
+        if any(submission.joined):
+            document["deduplicated"] = True
+        if any(report.state != DeliveryState.DELIVERED for report in reports):
+            document["destinations"] = [report.as_dict() for report in reports]
+        if status != 200:
+            document["error"] = "not every alert reached Rocket.Chat" + (
+                "; retry later" if status == 503 else "; see destinations and the relay's log"
+            )
+            log = logger.error
+        else:
+            log = logger.info
+        log(
+            "answered %d: %d alert(s) from %s to %s%s", status, len(notification.alerts), integration,
+            ", ".join(f"{report.destination}={report.state}" for report in reports) or "nowhere",
+            " (deduplicated)" if any(submission.joined) else "",
+        )
+        self.metrics.notifications_received.labels(integration, str(status)).inc()
+        headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else {}
+        return Answer(status, document, headers)
+
+    def _accept(self, integration: str, body: bytes):
+        """Parse, log, route and queue one body: (notification, parts, submission), or the error Answer."""
+        try:
+            document = decode_json_body(body)
+        except ValueError as error:
+            return error_answer(400, str(error), hint=JSON_HINT)
+        try:
+            notification = parse_notification(document)
+        except PayloadError as error:
+            extra = {"detail": [problem.as_dict() for problem in error.problems]} if error.problems else {}
+            if error.status == 400:
+                extra["hint"] = JSON_HINT
+            return error_answer(error.status, error.message, **extra)
+        table = self.table  # one table for the whole body, even if a reload lands meanwhile
+        severity_label = table.integrations[integration].severity_label
+        log_alerts(notification, severity_label, integration)
+        for alert in notification.alerts:
+            severity = classify_severity(alert.labels, severity_label)
+            self.metrics.alerts_received.labels(alert.status, severity).inc()
+        if notification.skipped:
+            self.metrics.alerts_skipped.inc(len(notification.skipped))
+        parts = table.route(integration, notification)
+        try:
+            submission = self.dispatcher.submit(notification, parts, len(body))
+        except Overloaded as error:
+            return self.overloaded(str(error), error.kind)
+        return notification, parts, submission

@@ -1,0 +1,158 @@
+"""The one list of the relay's settings: config.py reads these, and .env.example, the README's table and
+--check-config are generated from it (tests/test_settings.py checks that each one is as generated).
+
+    python -m rcwebhook.settings readme        # the README's table
+    python -m rcwebhook.settings env-example   # .env.example
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str  # as shown to people ("" = none)
+    help: str  # one line, Markdown (backticks) allowed
+    section: str
+    file: bool = False  # may be given as NAME_FILE=/path (Docker/Kubernetes secrets)
+    secret: bool = False  # never shown: --check-config says only whether it is set
+    example: str = ""  # the value .env.example shows
+    active_in_example: bool = False  # .env.example sets it (uncommented)
+    read_by: str = "the relay"  # or "requests", for the ones the HTTP library reads itself
+
+
+HOOKS = "Rocket.Chat incoming webhooks (without ROUTES_FILE). They hold the hook's token: keep them secret."
+ROUTING = "Routing and access."
+LOOK = "How messages look."
+SERVER = "Where the relay listens, and its log."
+DELIVERY = "Delivery, pacing and bounds."
+OUTBOUND = "Reaching a self-hosted Rocket.Chat."
+HOOK_EXAMPLE = "https://chat.example.com/hooks/INTEGRATION_ID/TOKEN"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ROCKETCHAT_WEBHOOK_CRITICAL", "", "incoming-webhook URL for critical alerts", HOOKS, file=True,
+            secret=True, example=HOOK_EXAMPLE, active_in_example=True),
+    Setting("ROCKETCHAT_WEBHOOK_WARNING", "", "incoming-webhook URL for warning alerts", HOOKS, file=True,
+            secret=True, example=HOOK_EXAMPLE, active_in_example=True),
+    Setting("ROCKETCHAT_WEBHOOK_INFO", "", "incoming-webhook URL for info alerts", HOOKS, file=True, secret=True,
+            example=HOOK_EXAMPLE, active_in_example=True),
+    Setting("ROCKETCHAT_WEBHOOK_DEFAULT", "", "for a severity without its own URL, and for alerts with no or an "
+            "unknown severity (unset: those go to the info hook)", HOOKS, file=True, secret=True),
+    Setting("ROCKETCHAT_MENTION_CRITICAL", "", "e.g. `@here`, `@oncall`: put in front of the headline of firing "
+            "critical messages", HOOKS, example="@here"),
+    Setting("ROCKETCHAT_MENTION_WARNING", "", "the same for warning messages", HOOKS),
+    Setting("ROCKETCHAT_MENTION_INFO", "", "the same for info messages", HOOKS),
+    Setting("ROUTES_FILE", "", "a YAML file of named integrations, label routes, destinations and templates "
+            "(see `routes.example.yml`); when set it is the whole routing configuration, and the settings above "
+            "are a conflict unless it names them with `url_env:`. `kill -HUP` re-reads it", ROUTING,
+            example="/etc/rocketchat-webhook/routes.yml"),
+    Setting("SEVERITY_LABEL", "severity", "the label the severity is read from (matched case-insensitively, with "
+            "aliases such as `crit`, `p1`, `warn`, `p3`)", ROUTING),
+    Setting("WEBHOOK_TOKEN", "", "when set, `POST /webhook` needs it as `Authorization: Bearer`, `X-API-Key`, "
+            "`X-Webhook-Secret` or the password of HTTP Basic (else 401). `WEBHOOK_TOKEN_FILE` is re-read when "
+            "the file changes: rotate without a restart", ROUTING, file=True, secret=True),
+    Setting("WEBHOOK_TOKEN_PREVIOUS", "", "also accepted while set, so Alertmanager can switch tokens after the "
+            "relay", ROUTING, file=True, secret=True),
+    Setting("METRICS_TOKEN", "", "when set, `GET /metrics` needs `Authorization: Bearer <token>`", ROUTING,
+            file=True, secret=True),
+    Setting("ROCKETCHAT_ALIAS", "", "display name of the messages (sent only when set)", LOOK,
+            example="Alertmanager"),
+    Setting("ROCKETCHAT_EMOJI", "", "the messages' icon as an emoji (sent only when set)", LOOK,
+            example=":rotating_light:"),
+    Setting("ROCKETCHAT_AVATAR_URL", "", "the messages' icon as an image URL (sent only when set; wins over the "
+            "emoji)", LOOK, example="https://example.com/alertmanager.png"),
+    Setting("HOST", "0.0.0.0", "the address the relay listens on (development server and `gunicorn.conf.py`)",
+            SERVER),
+    Setting("PORT", "8093", "the port the relay listens on", SERVER),
+    Setting("LOG_LEVEL", "INFO", "`DEBUG`, `INFO`, `WARNING`, `ERROR`; the older `DEBUG=true` means `DEBUG` when "
+            "`LOG_LEVEL` is unset", SERVER),
+    Setting("LOG_FILE", "standard error", "a file to log to, re-opened when logrotate moves it", SERVER),
+    Setting("LOG_FORMAT", "text", "`json`: one JSON object per line, with the request id (`X-Request-ID` when "
+            "the caller sent a plain one)", SERVER),
+    Setting("DELIVERY_DEADLINE_SECONDS", "8", "how long one Alertmanager request may take before the relay "
+            "answers 503: below Alertmanager's shortest flush deadline of 10 s, so it never gives up on a request "
+            "the relay is still working on", DELIVERY),
+    Setting("MAX_BODY_BYTES", "5242880", "larger bodies (5 MiB) are refused with 413 before they are read",
+            DELIVERY),
+    Setting("ROCKETCHAT_RATE_LIMIT", "10/60s", "at most this many posts to one hook URL in any trailing window "
+            "(Rocket.Chat's default limit; `0` switches pacing off). Raise it only together with Rocket.Chat's "
+            "`API_Enable_Rate_Limiter_Limit_Calls_Default`", DELIVERY),
+    Setting("DEDUP_WINDOW_SECONDS", "300", "how long a delivered (or refused) notification is remembered, counted "
+            "from delivery, so a repeat of it is not posted again. **Keep it below your shortest "
+            "`repeat_interval`** (30 m in the shipped routes), or a reminder would be taken for a duplicate",
+            DELIVERY),
+    Setting("MAX_WAITING_REQUESTS", "128", "requests waiting for Rocket.Chat at once; beyond, 503 at once "
+            "(Alertmanager retries). `gunicorn.conf.py` runs this many threads plus 64", DELIVERY),
+    Setting("MAX_QUEUED_BYTES", "67108864", "bodies held in the queues at once (64 MiB); beyond, 503 at once",
+            DELIVERY),
+    Setting("REQUEST_READ_TIMEOUT_SECONDS", "10", "a connection that has not sent its whole request (headers "
+            "and body) this long after it began is closed: a slow or idle client never holds a thread (under "
+            "gunicorn with the shipped `gunicorn.conf.py`)", DELIVERY),
+    Setting("MAX_TRACKED_GROUPS", "50000", "notification groups remembered for de-duplication per hook; past it "
+            "the oldest are forgotten first (counted in `rocketchat_webhook_tracked_groups_forgotten_total`)",
+            DELIVERY),
+    Setting("REQUESTS_CA_BUNDLE", "system CAs", "a CA bundle for a self-hosted Rocket.Chat with a private CA",
+            OUTBOUND, example="/etc/ssl/certs/internal-ca.pem", read_by="requests"),
+    Setting("HTTPS_PROXY", "", "an outbound proxy to Rocket.Chat (`HTTP_PROXY` and `NO_PROXY` likewise)", OUTBOUND,
+            example="http://proxy.internal:3128", read_by="requests"),
+)
+SETTING_NAMES = tuple(setting.name for setting in SETTINGS)
+
+
+def markdown_table() -> str:
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        name = f"`{setting.name}`" + (" (*file*)" if setting.file else "")
+        default = f"`{setting.default}`" if setting.default and setting.default != "standard error" and \
+            setting.default != "system CAs" else (setting.default or "—")
+        meaning = setting.help + (" (read by requests)" if setting.read_by == "requests" else "")
+        lines.append(f"| {name} | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def env_example() -> str:
+    lines = [
+        "# rocketchat-webhook settings (generated by `python -m rcwebhook.settings env-example`). Copy to .env;",
+        "# the real environment wins over .env. A setting marked (file) may instead be read from a file:",
+        "# set NAME_FILE=/path instead of NAME.",
+    ]
+    section = None
+    for setting in SETTINGS:
+        if setting.section != section:
+            section = setting.section
+            lines += ["", f"# == {section}"]
+        help_text = setting.help.replace("`", "").replace("**", "") + (" (file)" if setting.file else "")
+        lines.append(f"# {help_text}")
+        value = setting.example or ("" if setting.default in ("standard error", "system CAs") else setting.default)
+        lines.append(f"{'' if setting.active_in_example else '#'}{setting.name}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def describe_settings(environ: Mapping[str, str]) -> list[str]:
+    """Every setting and where its value comes from, secrets shown only as set or not (for --check-config)."""
+    lines = []
+    for setting in SETTINGS:
+        raw = environ.get(setting.name, "").strip()
+        from_file = environ.get(f"{setting.name}_FILE", "").strip() if setting.file else ""
+        if setting.secret:
+            shown = "set" if raw else (f"from file {from_file}" if from_file else "not set")
+        elif raw:
+            shown = raw
+        else:
+            shown = f"{setting.default or '(none)'} (default)"
+        lines.append(f"{setting.name} = {shown}")
+    return lines
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what == "readme":
+        sys.stdout.write(markdown_table())
+    elif what == "env-example":
+        sys.stdout.write(env_example())
+    else:
+        sys.exit("usage: python -m rcwebhook.settings readme|env-example")

@@ -1,0 +1,43 @@
+"""The one list of settings: what config.py reads, .env.example, the README's table and --check-config agree."""
+
+import re
+
+from rcwebhook.settings import SETTING_NAMES, SETTINGS, describe_settings, env_example, markdown_table
+from tests.conftest import REPO
+
+
+def names_read_by_config() -> set[str]:
+    source = (REPO / "rcwebhook" / "config.py").read_text()
+    names = set(re.findall(r'environ\.get\("([A-Z_]+)"', source))
+    names |= set(re.findall(r'(?:_read_setting|_number)\(\s*environ, "([A-Z_]+)"', source))
+    names |= set(re.findall(r'"((?:ROCKETCHAT_WEBHOOK|ROCKETCHAT_MENTION)_[A-Z]+)"', source))
+    names.discard("DEBUG")  # the seed's older switch, explained under LOG_LEVEL
+    # NAME_FILE is the file form of a setting marked file (WEBHOOK_TOKEN_FILE is also watched for rotation).
+    file_forms = {f"{setting.name}_FILE" for setting in SETTINGS if setting.file}
+    return names - file_forms
+
+
+def test_every_setting_config_reads_is_in_the_one_list_and_every_listed_one_is_read():
+    read = names_read_by_config()
+    assert {"ROCKETCHAT_WEBHOOK_CRITICAL", "WEBHOOK_TOKEN", "ROUTES_FILE", "MAX_TRACKED_GROUPS"} <= read
+    assert sorted(read - set(SETTING_NAMES)) == []
+    relay_settings = {setting.name for setting in SETTINGS if setting.read_by == "the relay"}
+    assert sorted(relay_settings - read) == []
+
+
+def test_env_example_is_generated_from_the_list():
+    assert (REPO / ".env.example").read_text() == env_example(), "run: python -m rcwebhook.settings env-example"
+
+
+def test_the_readme_table_is_generated_from_the_list():
+    assert markdown_table() in (REPO / "README.md").read_text(), "run: python -m rcwebhook.settings readme"
+
+
+def test_check_config_lists_every_setting_and_shows_no_secret():
+    environ = {"WEBHOOK_TOKEN": "very-secret-token", "ROCKETCHAT_WEBHOOK_INFO": "http://rc/hooks/id/hook-secret",
+               "PORT": "9000"}
+    lines = describe_settings(environ)
+    assert [line.split(" = ")[0] for line in lines] == list(SETTING_NAMES)
+    text = "\n".join(lines)
+    assert "very-secret-token" not in text and "hook-secret" not in text
+    assert "WEBHOOK_TOKEN = set" in text and "PORT = 9000" in text and "LOG_LEVEL = INFO (default)" in text
