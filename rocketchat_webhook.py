@@ -31,13 +31,25 @@ def main(argv=None) -> int:
     if status is not None:
         return status
     application = build_app_or_exit()
+    application.extensions["rcwebhook.reloader"].install_sighup_handler()  # kill -HUP re-reads ROUTES_FILE
     config = application.extensions["rcwebhook.config"]
     # debug stays off whatever LOG_LEVEL says: the Werkzeug debugger would run code for anyone who reaches it.
     application.run(host=config.host, port=config.port, debug=False, use_reloader=False, threaded=True)
     return 0
 
 
+_application = None
+
+
+def __getattr__(name: str):
+    """`rocketchat_webhook:app` for gunicorn, built on first access: importing this module does no work."""
+    global _application
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _application is None:
+        _application = build_app_or_exit()
+    return _application
+
+
 if __name__ == "__main__":
     sys.exit(main())
-
-app = build_app_or_exit()

@@ -1,0 +1,276 @@
+"""Routes: the environment's table, routes files (validation, matching, continue, shared hooks), integrations and
+their secrets, over the app with a recording Rocket.Chat."""
+
+from __future__ import annotations
+
+import base64
+import json
+import textwrap
+
+import pytest
+
+from rcwebhook.app import create_app
+from rcwebhook.config import ConfigError, load_config
+from rcwebhook.routes import table_from_environment
+from rcwebhook.routes_file import load_route_table
+from tests.conftest import BASE_ENVIRON, HOOK_URLS, REPO
+
+ONCALL_URL = "http://rocketchat.test/hooks/oncall-id/oncall-secret-token"
+PAYMENTS_URL = "http://rocketchat.test/hooks/payments-id/payments-secret-token"
+STAGING_URL = "http://rocketchat.test/hooks/staging-id/staging-secret-token"
+ROUTES = """
+destinations:
+  oncall: {rocketchat: {url: %(oncall)s}, mention: "@here"}
+  payments: {rocketchat: {url_env: RC_PAYMENTS_URL}, template: payments}
+  staging: {rocketchat: {url: %(staging)s}}
+  oncall-copy: {rocketchat: {url: %(oncall)s}}
+integrations:
+  default:
+    token: am-token-1
+    routes:
+      - matchers: ['env="staging"']
+        destination: staging
+      - matchers: ['team="payments"']
+        destinations: [payments, oncall]
+      - severity: p1
+        destinations: [oncall, oncall-copy]
+      - destination: staging
+  grafana-prod:
+    token: grafana-token-2
+    routes: [{destination: payments}]
+  open-one:
+    routes: [{destination: staging}]
+templates:
+  payments:
+    headline: "{{ status | upper }}: {{ alerts | length }} payment alert(s)"
+    title: "{{ labels.alertname }} for {{ labels.team }}"
+    text: "{{ annotations.summary }} ({{ labels.nope.deeper }})"
+    fields: [{title: Team, value: "{{ labels.team }}"}]
+""" % {"oncall": ONCALL_URL, "staging": STAGING_URL}
+ENVIRON = {"RC_PAYMENTS_URL": PAYMENTS_URL, "DELIVERY_DEADLINE_SECONDS": "1"}
+
+
+def write(tmp_path, text, name="routes.yml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def body(*alerts, **extra):
+    return json.dumps({"status": "firing", "receiver": "rc", "alerts": list(alerts), **extra})
+
+
+def alert(name, status="firing", **labels):
+    return {"status": status, "labels": {"alertname": name, **labels}, "annotations": {"summary": f"{name} summary"},
+            "startsAt": "2026-12-01T07:00:00Z"}
+
+
+@pytest.fixture
+def routed(tmp_path, fake_rocketchat):
+    application = create_app({**ENVIRON, "ROUTES_FILE": write(tmp_path, ROUTES)}, client=fake_rocketchat)
+    yield application
+    application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)
+
+
+def posts_to(fake, url):
+    return [message for posted_url, message in fake.posts if posted_url == url]
+
+
+# -- the environment's table -------------------------------------------------------------------------------------
+
+
+def test_without_a_routes_file_the_table_routes_by_severity_to_the_hooks_named_as_before():
+    config = load_config({**BASE_ENVIRON, "ROCKETCHAT_WEBHOOK_INFO": HOOK_URLS["warning"]})
+    table = table_from_environment(config)
+    assert sorted(hook.name for hook in table.hooks.values()) == ["critical", "warning+info"]
+    assert list(table.integrations) == ["default"]
+    names = {hook.url: hook.name for hook in table.hooks.values()}
+    from rcwebhook.payload import parse_notification
+
+    parts = table.route("default", parse_notification(json.loads(body(
+        alert("A", severity="p1"), alert("B", severity="warn"), alert("C", severity="notice"), alert("D")))))
+    assert [(names[part.hook.url], [a.labels["alertname"] for a in part.alerts]) for part in parts] == [
+        ("critical", ["A"]), ("warning+info", ["B", "C", "D"])]
+
+
+# -- routing by a routes file ------------------------------------------------------------------------------------
+
+
+def test_a_label_route_reaches_two_channels_and_the_first_match_wins(routed, fake_rocketchat):
+    client = routed.test_client()
+    answer = client.post("/webhook", data=body(alert("PayDown", team="payments", env="prod", severity="critical")),
+                         headers={"Authorization": "Bearer am-token-1"})
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["integration"] == "default"
+    [payments] = posts_to(fake_rocketchat, PAYMENTS_URL)
+    [oncall] = posts_to(fake_rocketchat, ONCALL_URL)
+    assert posts_to(fake_rocketchat, STAGING_URL) == []
+    # The payments destination's template; the on-call one's built-in layout with its mention.
+    assert payments["text"].startswith("FIRING: 1 payment alert(s)")
+    assert payments["attachments"][0]["title"] == "PayDown for payments"
+    assert payments["attachments"][0]["text"] == "PayDown summary ()"
+    assert {"title": "Team", "value": "payments", "short": False} in payments["attachments"][0]["fields"]
+    assert oncall["text"].startswith("@here [FIRING:1] PayDown")
+    assert oncall["attachments"][0]["title"].startswith("FIRING: PayDown")
+
+
+def test_two_destinations_sharing_one_url_get_one_post(routed, fake_rocketchat):
+    answer = routed.test_client().post("/webhook", data=body(alert("Paged", severity="page")),
+                                       headers={"X-API-Key": "am-token-1"})
+    assert answer.status_code == 200
+    assert len(posts_to(fake_rocketchat, ONCALL_URL)) == 1
+    assert posts_to(fake_rocketchat, ONCALL_URL)[0]["text"].startswith("@here ")
+
+
+def test_an_alert_matching_no_route_but_the_last_lands_there(routed, fake_rocketchat):
+    routed.test_client().post("/webhook", data=body(alert("Quiet", severity="info")),
+                              headers={"X-Webhook-Secret": "am-token-1"})
+    assert len(posts_to(fake_rocketchat, STAGING_URL)) == 1
+
+
+def test_continue_lets_later_routes_match_too(tmp_path, fake_rocketchat):
+    routes = ROUTES.replace("        destination: staging\n      - matchers: ['team=\"payments\"']",
+                            "        destination: staging\n        continue: true\n"
+                            "      - matchers: ['team=\"payments\"']", 1)
+    application = create_app({**ENVIRON, "ROUTES_FILE": write(tmp_path, routes)}, client=fake_rocketchat)
+    try:
+        application.test_client().post("/webhook", data=body(alert("Both", env="staging", team="payments")),
+                                       headers={"Authorization": "Bearer am-token-1"})
+        assert len(posts_to(fake_rocketchat, STAGING_URL)) == 1
+        assert len(posts_to(fake_rocketchat, PAYMENTS_URL)) == 1
+        assert len(posts_to(fake_rocketchat, ONCALL_URL)) == 1
+    finally:
+        application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)
+
+
+# -- integrations and their secrets ---------------------------------------------------------------------------------
+
+
+def basic(password, user="alertmanager"):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize("headers", [
+    {"Authorization": "Bearer grafana-token-2"}, {"X-API-Key": "grafana-token-2"},
+    {"X-Webhook-Secret": "grafana-token-2"}, {"Authorization": basic("grafana-token-2")},
+])
+def test_each_integration_accepts_its_token_in_every_supported_header(routed, fake_rocketchat, headers):
+    answer = routed.test_client().post("/webhook/grafana-prod", data=body(alert("G")), headers=headers)
+    assert answer.status_code == 200
+    assert answer.get_json()["integration"] == "grafana-prod"
+    assert len(posts_to(fake_rocketchat, PAYMENTS_URL)) == 1
+
+
+@pytest.mark.parametrize(("path", "headers"), [
+    ("/webhook/grafana-prod", {"Authorization": "Bearer am-token-1"}),  # another integration's token
+    ("/webhook", {"Authorization": "Bearer grafana-token-2"}),
+    ("/webhook", {"Authorization": basic("wrong")}),
+    ("/webhook", {}),
+])
+def test_one_integrations_token_never_opens_another_endpoint(routed, fake_rocketchat, path, headers):
+    answer = routed.test_client().post(path, data=body(alert("X")), headers=headers)
+    assert answer.status_code == 401
+    assert fake_rocketchat.posts == []
+
+
+def test_an_unknown_integration_is_404_without_a_list_of_names(routed):
+    answer = routed.test_client().post("/webhook/nope", data=body(alert("X")))
+    assert answer.status_code == 404
+    assert answer.get_json()["error"] == "unknown integration"
+    assert "grafana" not in answer.get_data(as_text=True)
+
+
+def test_an_integration_without_a_token_is_open_and_named_in_one_warning(tmp_path, fake_rocketchat, caplog):
+    application = create_app({**ENVIRON, "ROUTES_FILE": write(tmp_path, ROUTES)}, client=fake_rocketchat)
+    try:
+        warnings = [record.getMessage() for record in caplog.records if "no token for integration" in
+                    record.getMessage()]
+        assert len(warnings) == 1 and "open-one" in warnings[0] and "grafana-prod" not in warnings[0]
+        assert application.test_client().post("/webhook/open-one", data=body(alert("O"))).status_code == 200
+    finally:
+        application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)
+
+
+def test_metrics_count_notifications_and_auth_failures_by_integration(routed):
+    client = routed.test_client()
+    client.post("/webhook/grafana-prod", data=body(alert("G")), headers={"X-API-Key": "grafana-token-2"})
+    client.post("/webhook/grafana-prod", data=body(alert("G")), headers={"X-API-Key": "wrong"})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'rocketchat_webhook_notifications_received_total{integration="grafana-prod",status="200"} 1.0' in text
+    assert 'rocketchat_webhook_auth_failures_total{integration="grafana-prod"} 1.0' in text
+    assert "payments-secret-token" not in text
+
+
+# -- validation ----------------------------------------------------------------------------------------------------
+
+
+def load(tmp_path, text, **environ):
+    return load_route_table(load_config({"ROUTES_FILE": write(tmp_path, text), **environ}),
+                            {"ROUTES_FILE": str(tmp_path / "routes.yml"), **environ})
+
+
+MINIMAL = """
+destinations:
+  a: {rocketchat: {url: http://rc/hooks/id/secret-a}}
+integrations:
+  default:
+    routes: [{destination: a}]
+"""
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("routes: [{destination: a}]", "routes: [{destination: b}]"), "integrations.default.routes[0]: no destination named 'b'"),
+    (("routes: [{destination: a}]", "routes: [{matchers: ['x=\"1\"'], destination: a}]"),
+     "integrations.default.routes[0]: the last route must have no matchers"),
+    (("routes: [{destination: a}]", "routes: [{matchers: ['x=~\"(?=y)\"'], destination: a}, {destination: a}]"),
+     "integrations.default.routes[0].matchers"),
+    (("routes: [{destination: a}]", "routes: [{destination: a, colour: red}]"),
+     "integrations.default.routes[0]: unknown key(s) colour"),
+    (("  default:", "  other:"), "integrations: needs a 'default' integration"),
+    (("{url: http://rc/hooks/id/secret-a}", "{url: ftp://rc/hooks/id/secret-a}"),
+     "destinations.a.rocketchat: must be an http:// or https:// URL"),
+    (("{url: http://rc/hooks/id/secret-a}", "{url_file: /nonexistent/secret}"),
+     "destinations.a.rocketchat.url_file: cannot read"),
+    (("a: {rocketchat", "a: {template: nope, rocketchat"), "destinations.a.template: no template named 'nope'"),
+    (("routes: [{destination: a}]", "routes: [{severity: sometimes, destination: a}]"),
+     "integrations.default.routes[0].severity: 'sometimes' is no severity"),
+    (("integrations:", "templates:\n  t: {title: '{{ labels.x '}\nintegrations:"), "templates.t"),
+])
+def test_a_bad_routes_file_is_refused_naming_the_place_and_never_the_url(tmp_path, change, message):
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, MINIMAL.replace(*change))
+    assert message in str(refused.value)
+    assert str(tmp_path / "routes.yml") in str(refused.value)
+    assert "secret-a" not in str(refused.value)
+
+
+def test_destination_settings_left_in_the_environment_are_a_conflict_unless_the_file_uses_them(tmp_path):
+    with pytest.raises(ConfigError, match="ROCKETCHAT_WEBHOOK_CRITICAL is set in the environment"):
+        load(tmp_path, MINIMAL, ROCKETCHAT_WEBHOOK_CRITICAL="http://rc/hooks/id/secret-c")
+    used = MINIMAL.replace("{url: http://rc/hooks/id/secret-a}", "{url_env: ROCKETCHAT_WEBHOOK_CRITICAL}")
+    table = load(tmp_path, used, ROCKETCHAT_WEBHOOK_CRITICAL="http://rc/hooks/id/secret-c")
+    assert [destination.url for destination in table.destinations.values()] == ["http://rc/hooks/id/secret-c"]
+
+
+def test_webhook_token_applies_to_the_default_integration_and_conflicts_with_a_token_in_the_file(tmp_path):
+    table = load(tmp_path, MINIMAL, WEBHOOK_TOKEN="env-token")
+    assert table.integrations["default"].token == "env-token"
+    with pytest.raises(ConfigError, match="WEBHOOK_TOKEN is set"):
+        load(tmp_path, MINIMAL.replace("  default:\n", "  default:\n    token: file-token\n"), WEBHOOK_TOKEN="e")
+
+
+def test_the_shipped_example_loads_and_routes_as_its_comments_say(tmp_path):
+    environ = {"ROUTES_FILE": str(REPO / "routes.example.yml"), "RC_ONCALL_URL": ONCALL_URL,
+               "RC_PAYMENTS_URL": PAYMENTS_URL, "RC_STAGING_URL": STAGING_URL, "AM_WEBHOOK_TOKEN": "t1",
+               "GRAFANA_WEBHOOK_SECRET": "t2"}
+    table = load_route_table(load_config(environ), environ)
+    from rcwebhook.routes import destinations_for
+
+    default = table.integrations["default"]
+    assert destinations_for(default, {"env": "staging", "team": "payments"}) == ["staging"]
+    assert destinations_for(default, {"team": "payments"}) == ["payments", "oncall"]
+    assert destinations_for(default, {"severity": "P1"}) == ["oncall"]
+    assert destinations_for(default, {"severity": "warning"}) == ["staging"]
+    assert destinations_for(table.integrations["grafana-prod"], {}) == ["payments"]
+    described = "\n".join(table.describe())
+    assert "oncall-secret-token" not in described and "rocketchat.test" in described
