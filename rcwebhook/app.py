@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import __version__
 from .auth import FailedAuthLimiter
-from .channels.rocketchat import RocketChatChannel
+from .channels.rocketchat import RocketChatChannel, format_options
 from .client import RocketChatClient
 from .config import ConfigError, load_config, load_dotenv_from_working_directory
 from .dispatcher import Dispatcher
@@ -26,7 +26,6 @@ from .relay import Answer, Relay
 from .reload import RouteReloader
 from .routes import DEFAULT_INTEGRATION
 from .routes_file import load_route_table
-from .routing import format_options
 
 logger = logging.getLogger("rcwebhook")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Mapping, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .model import RESOLVED, UNKNOWN_SEVERITY, Alert, Notification
+from .model import NO_ALERTNAME, RESOLVED, UNKNOWN_SEVERITY, Alert, Notification, alert_name  # noqa: F401 - re-exported
 from .safetext import cut_chars, display_text, is_http_url, markdown_link
 from .timefmt import display_timestamp, duration_between
 
@@ -29,7 +29,6 @@ FIRING_COLORS: Mapping[str, str] = {
     UNKNOWN_SEVERITY: "#9e9e9e",  # grey
 }
 RESOLVED_COLOR = "#5cb85c"  # green, whatever the severity was
-NO_ALERTNAME = "(no alertname)"
 
 # Prometheus's classic label name syntax; other names must be quoted in an Alertmanager matcher.
 _CLASSIC_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -59,15 +58,6 @@ class AttachmentLimits:
 def alert_color(status: str, severity: str) -> str:
     """The attachment's left-border colour: green when resolved, else the severity's colour."""
     return RESOLVED_COLOR if status == RESOLVED else FIRING_COLORS.get(severity, FIRING_COLORS[UNKNOWN_SEVERITY])
-
-
-def alert_name(alert: Alert, notification: Notification) -> str:
-    """The alert's alertname; else the group's (Grafana 11 can leave it out of the alert); else NO_ALERTNAME."""
-    for labels in (alert.labels, notification.group_labels, notification.common_labels):
-        name = labels.get("alertname", "").strip()
-        if name:
-            return name
-    return NO_ALERTNAME
 
 
 def annotation(annotations: Mapping[str, str], name: str) -> tuple[str, str]:

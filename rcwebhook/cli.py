@@ -8,14 +8,13 @@ import os
 import sys
 from typing import Sequence
 
-from .channels.rocketchat import RocketChatChannel
+from .channels.rocketchat import RocketChatChannel, format_options
 from .config import ConfigError, load_config, load_dotenv_from_working_directory
 from .hookqueue import Batch, Job, dedup_key
 from .model import PayloadError
 from .payload import parse_notification
 from .routes import DEFAULT_INTEGRATION, destinations_for
 from .routes_file import load_route_table
-from .routing import format_options
 from .settings import describe_settings
 
 CONFIG_ERROR_EXIT_STATUS = 2  # systemd's RestartPreventExitStatus=2: a configuration error is not retried

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Hashable, Sequence
 
-from .attachments import NO_ALERTNAME, alert_name
-from .model import FIRING, RESOLVED, Alert, Notification, SkippedAlert
+from .model import FIRING, NO_ALERTNAME, RESOLVED, Alert, Notification, SkippedAlert, alert_name
 from .timefmt import is_unset
 
 

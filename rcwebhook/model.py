@@ -76,3 +76,15 @@ class PayloadError(Exception):
         self.status = status
         self.message = message
         self.problems = problems
+
+
+NO_ALERTNAME = "(no alertname)"
+
+
+def alert_name(alert: Alert, notification: Notification) -> str:
+    """The alert's alertname; else the group's (Grafana 11 can leave it out of the alert); else NO_ALERTNAME."""
+    for labels in (alert.labels, notification.group_labels, notification.common_labels):
+        name = labels.get("alertname", "").strip()
+        if name:
+            return name
+    return NO_ALERTNAME

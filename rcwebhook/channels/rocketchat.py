@@ -24,6 +24,14 @@ logger = logging.getLogger("rcwebhook.delivery")
 MAX_TEMPLATE_HEADLINE_CHARS = 500
 
 
+def format_options(config) -> FormatOptions:
+    """The look the environment's settings give (without a routes file, or for a batch without route looks)."""
+    return FormatOptions(
+        severity_label=config.severity_label, mentions=dict(config.mentions), alias=config.alias,
+        emoji=config.emoji, avatar_url=config.avatar_url,
+    )
+
+
 class RocketChatChannel:
     """Renders batches for Rocket.Chat and posts them through one RocketChatClient."""
 
