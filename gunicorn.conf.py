@@ -6,6 +6,7 @@ import sys
 
 from rcwebhook.cli import CONFIG_ERROR_EXIT_STATUS
 from rcwebhook.config import ConfigError, load_config, load_dotenv_from_working_directory
+from rcwebhook.server import BufferedThreadWorker, raise_open_file_limit
 
 # The .env of the working directory, as in the app; the real environment wins over it.
 load_dotenv_from_working_directory()
@@ -15,11 +16,25 @@ _port = os.environ.get("PORT", "").strip()
 bind = f"{os.environ.get('HOST', '').strip() or '0.0.0.0'}:{_port if _port.isdigit() else '8093'}"
 # One process: pacing, merging and de-duplication live in its memory, per hook URL.
 workers = 1
-worker_class = "gthread"
+# gthread with an event loop that reads each request whole before a thread gets it: a client that sends slowly,
+# or connects and sends nothing, holds no thread and is closed after REQUEST_READ_TIMEOUT_SECONDS. The class, not
+# its dotted name "rcwebhook.server.BufferedThreadWorker" (which works too, e.g. for --worker-class): gunicorn's
+# start-up line then says "Using worker: BufferedThreadWorker", and with LOG_FILE set its stderr names nothing of
+# the relay's own (tests/test_integration.py checks that the relay's lines all went to the file).
+worker_class = BufferedThreadWorker
 # Each waiting Alertmanager request holds a thread for up to DELIVERY_DEADLINE_SECONDS. More threads than
 # MAX_WAITING_REQUESTS leaves room so /health and /ready answer, and the 503 for excess is immediate, in a storm.
 _max_waiting = os.environ.get("MAX_WAITING_REQUESTS", "").strip()
 threads = (int(_max_waiting) if _max_waiting.isdigit() else 128) + 64
+# Open connections the worker holds (reading, idle keep-alive or answered): a thousand idle or slow clients (a port
+# scan, a misconfigured load balancer) plus Alertmanager and the probes fit, each costing a buffer, not a thread.
+worker_connections = 4096
+# Seconds an idle keep-alive connection stays open: long enough for a client that reuses its connection
+# (Alertmanager's HTTP pool, a probe), short enough that idle ones do not pile up.
+keepalive = 5
+# Descriptors beyond the client connections: listeners, log files, outbound connections to Rocket.Chat, the
+# interpreter's own.
+_SPARE_FILE_DESCRIPTORS = 256
 # Longer than the delivery deadline (8 s by default): a graceful stop lets waiting requests get their answers
 # and the queues drain before the worker is killed.
 graceful_timeout = 30
@@ -42,10 +57,33 @@ def on_starting(server):
         load_config(os.environ)
     except ConfigError as error:
         _fail(error)
+    # Raised here, in the master, so the worker it forks inherits the limit.
+    shortfall = raise_open_file_limit(server.cfg.worker_connections + server.cfg.threads + _SPARE_FILE_DESCRIPTORS)
+    if shortfall:
+        server.log.warning("%s", shortfall)
+
+
+def when_ready(server):
+    """SIGHUP to the master re-reads ROUTES_FILE in the running worker, as Alertmanager reloads its config.
+
+    gunicorn's own HUP handling would re-read gunicorn's config and replace the worker: queues, pacing and
+    de-duplication memory would be lost, and a worker that fails to boot on a bad file halts gunicorn. Here the
+    master only passes the signal on (systemctl reload and docker kill -s HUP reach the master).
+    """
+
+    def forward_hup():
+        server.log.info("SIGHUP: the worker re-reads ROUTES_FILE (no restart)")
+        server.kill_workers(signal.SIGHUP)
+
+    server.handle_hup = forward_hup
 
 
 def post_worker_init(worker):
-    """On SIGTERM, stop taking notifications (GET /ready turns 503) before gunicorn's own graceful stop runs."""
+    """On SIGTERM, stop taking notifications (GET /ready turns 503) before gunicorn's own graceful stop runs.
+    On SIGHUP, reload the routes in this worker."""
+    reloader = worker.wsgi.extensions.get("rcwebhook.reloader")
+    if reloader is not None:
+        reloader.install_sighup_handler()
     gunicorn_handler = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
