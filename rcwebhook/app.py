@@ -11,7 +11,7 @@ from typing import Mapping
 
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from . import __version__
 from .auth import FailedAuthLimiter
@@ -83,7 +83,10 @@ def read_body(max_bytes: int) -> bytes | None:
     stream = request.environ["wsgi.input"]
     chunks, total = [], 0
     while total <= max_bytes:
-        chunk = stream.read(min(READ_CHUNK_BYTES, max_bytes + 1 - total))
+        try:
+            chunk = stream.read(min(READ_CHUNK_BYTES, max_bytes + 1 - total))
+        except OSError as error:  # gunicorn's InvalidChunkSize, ChunkMissingTerminator, NoMoreData
+            raise BadRequest(f"the chunked body is broken ({type(error).__name__})") from None
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)

@@ -219,7 +219,7 @@ class RocketChatClient:
                 max_answer_bytes=self.max_answer_bytes,
             )
         except DeadlineExceeded as error:
-            reason = f"timeout: {error}"
+            reason = f"read timeout: {error}"
             return PostResult(Outcome.TRANSIENT, None, reason, (time.monotonic() - started) * 1000)
         except AnswerTooLarge as error:
             return PostResult(Outcome.TRANSIENT, None, str(error), (time.monotonic() - started) * 1000)

@@ -459,9 +459,9 @@ def unit_root(tmp_path_factory, systemd_analyze) -> Path:
     shutil.copytree(units, root / "lib" / "systemd" / "system", symlinks=True)
     (root / "etc" / "systemd" / "system").mkdir(parents=True)
     settings = unit_settings()
-    for path in (settings["ExecStart"][0].split()[0],):
+    for path in (settings["ExecStart"][0].split()[0], settings["ExecReload"][0].split()[0]):
         executable = root / path.lstrip("/")
-        executable.parent.mkdir(parents=True)
+        executable.parent.mkdir(parents=True, exist_ok=True)
         executable.write_text("#!/bin/sh\n", encoding="utf-8")
         executable.chmod(0o755)
     for path in settings["EnvironmentFile"]:

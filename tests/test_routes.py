@@ -274,3 +274,25 @@ def test_the_shipped_example_loads_and_routes_as_its_comments_say(tmp_path):
     assert destinations_for(table.integrations["grafana-prod"], {}) == ["payments"]
     described = "\n".join(table.describe())
     assert "oncall-secret-token" not in described and "rocketchat.test" in described
+
+
+def test_a_template_that_fails_on_an_alert_costs_nothing_but_its_layout(tmp_path, fake_rocketchat, caplog):
+    routes = MINIMAL.replace("a: {rocketchat", "a: {template: ratio, rocketchat") + textwrap.dedent("""
+        templates:
+          ratio:
+            title: "{{ labels.alertname }}: {{ 100 // (labels.divisor | default(1) | int) }} %"
+    """)
+    application = create_app({"ROUTES_FILE": write(tmp_path, routes)}, client=fake_rocketchat)
+    try:
+        client = application.test_client()
+        assert client.post("/webhook", data=body(alert("Fine", divisor="4"))).status_code == 200
+        assert client.post("/webhook", data=body(alert("Broken", divisor="0"))).status_code == 200
+        fine, broken = (message["attachments"][0]["title"] for _, message in fake_rocketchat.posts)
+        assert fine == "Fine: 25 %"
+        assert broken.startswith("FIRING: Broken")  # the built-in layout
+        errors = [record for record in caplog.records if "template 'ratio' failed" in record.getMessage()]
+        assert len(errors) == 1 and errors[0].levelname == "ERROR"
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'rocketchat_webhook_template_failures_total{template="ratio"} 1.0' in metrics
+    finally:
+        application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)

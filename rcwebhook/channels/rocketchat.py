@@ -82,34 +82,45 @@ class RocketChatChannel:
 
     def _rich(self, notification: Notification, alerts: Sequence[Alert], looks: dict, options: FormatOptions,
               group_count: int) -> dict:
+        templated = [look for look in looks.values() if look.destination.template is not None]
+        contexts: dict[int, dict] = {}  # the notification's context once per template look, shared by its alerts
+        failed: set[int] = set()  # templates that failed on this message: the rest of its alerts get the built-in
+
+        def notification_context_for(look) -> dict:
+            from ..templates import notification_context
+
+            key = id(look.destination.template)
+            if key not in contexts:
+                contexts[key] = notification_context(
+                    notification, alerts, integration=look.integration, severity_label=look.severity_label
+                )
+            return contexts[key]
+
         headline = None
-        templates = {id(look.destination.template): look for look in looks.values()}
-        if len(templates) == 1:
-            look = next(iter(templates.values()))
-            if look.destination.template is not None:
-                headline = self._headline(look, notification, alerts)
+        distinct_templates = {id(look.destination.template) for look in looks.values()}
+        if templated and len(distinct_templates) == 1:
+            headline = self._headline(templated[0], notification_context_for, failed)
 
         def decorate(alert: Alert, attachment: dict, limits: AttachmentLimits) -> dict:
             look = looks.get(alert_identity(alert))
-            if look is None or look.destination.template is None:
+            if look is None or look.destination.template is None or id(look.destination.template) in failed:
                 return attachment
-            return self._templated_attachment(look, alert, notification, attachment, limits)
+            return self._templated_attachment(look, alert, notification, attachment, limits,
+                                              notification_context_for, failed)
 
         return build_message(
             notification, alerts, options, group_count, mentions=_mentions(alerts, looks, options),
-            headline=headline, decorate=decorate if looks else None,
+            headline=headline, decorate=decorate if templated else None,
         )
 
-    def _headline(self, look, notification: Notification, alerts: Sequence[Alert]) -> str | None:
-        from ..templates import TemplateRenderError, notification_context
+    def _headline(self, look, notification_context_for, failed: set[int]) -> str | None:
+        from ..templates import TemplateRenderError
 
         template = look.destination.template
         try:
-            context = notification_context(
-                notification, alerts, integration=look.integration, severity_label=look.severity_label
-            )
-            text = template.render_headline(context)
+            text = template.render_headline(notification_context_for(look))
         except TemplateRenderError as error:
+            failed.add(id(template))
             self._template_failed(template.name, "headline", error)
             return None
         if not text:
@@ -117,16 +128,17 @@ class RocketChatChannel:
         return display_text(text, MAX_TEMPLATE_HEADLINE_CHARS, single_line=True) or None
 
     def _templated_attachment(self, look, alert: Alert, notification: Notification, attachment: dict,
-                              limits: AttachmentLimits) -> dict:
+                              limits: AttachmentLimits, notification_context_for, failed: set[int]) -> dict:
         """The attachment with the template's title, text and fields; the built-in one if the template fails."""
         from ..templates import TemplateRenderError, alert_context
 
         template = look.destination.template
         try:
             context = alert_context(alert, notification, integration=look.integration,
-                                    severity_label=look.severity_label)
+                                    severity_label=look.severity_label, base_context=notification_context_for(look))
             parts = template.render_alert_parts(context)
         except TemplateRenderError as error:
+            failed.add(id(template))
             self._template_failed(template.name, "alert", error)
             return attachment
         decorated = dict(attachment)
