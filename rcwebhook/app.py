@@ -14,7 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from . import __version__
-from .auth import FailedAuthLimiter
 from .channels.rocketchat import RocketChatChannel, format_options
 from .client import RocketChatClient
 from .config import ConfigError, load_config, load_dotenv_from_working_directory
@@ -30,7 +29,6 @@ from .routes_file import load_route_table
 logger = logging.getLogger("rcwebhook")
 
 SERVICE_NAME = "rocketchat-webhook-adapter"
-FAILED_AUTH_LOG_INTERVAL_SECONDS = 60.0
 
 
 def json_response(document: dict, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -144,28 +142,7 @@ def create_app(
     reloader = RouteReloader(relay, config, environ, metrics)
     app.extensions["rcwebhook.reloader"] = reloader
 
-    for line in table.describe():
-        logger.info("%s", line)
-    logger.info(
-        "pacing %s per hook, de-duplication window %gs, at most %d waiting requests",
-        config.rate_limit, config.dedup_window_seconds, config.max_waiting_requests,
-    )
-    open_integrations = [name for name, integration in table.integrations.items() if not integration.token]
-    if open_integrations:
-        logger.warning(
-            "no token for integration(s) %s: their endpoints are open to anyone who can reach this port "
-            "(WEBHOOK_TOKEN, or token: in the routes file)", ", ".join(open_integrations),
-        )
-    failed_auth = FailedAuthLimiter()
-    throttle_log_state = {"last_logged": -FAILED_AUTH_LOG_INTERVAL_SECONDS}
-
-    def log_throttled_authentication(exceeded: str, address: str) -> None:
-        """One WARNING a minute at most: a spray of guesses must not also flood the log."""
-        now = time.monotonic()
-        if now - throttle_log_state["last_logged"] >= FAILED_AUTH_LOG_INTERVAL_SECONDS:
-            throttle_log_state["last_logged"] = now
-            where = f"from {address}" if exceeded == "address" else "from all addresses together"
-            logger.warning("too many failed authentications %s: answering 429 to further failures", where)
+    relay.announce()
 
     def answer(result: Answer) -> Response:
         return json_response(result.document, result.status, result.headers or None)
@@ -173,22 +150,9 @@ def create_app(
     @app.post("/webhook", defaults={"integration": DEFAULT_INTEGRATION})
     @app.post("/webhook/<integration>")
     def receive_webhook(integration: str) -> Response:
-        if not relay.knows(integration):
-            return error_response(404, "unknown integration")
-        if not relay.accepts(integration, presented_secrets()):
-            metrics.auth_failures.labels(integration).inc()
-            address = request.remote_addr or "unknown"
-            exceeded = failed_auth.record_failure(address)
-            if exceeded:
-                # Only failed authentications are slowed: a client with the right token is never refused for volume.
-                log_throttled_authentication(exceeded, address)
-                return error_response(429, "too many failed authentications; wait a minute", {"Retry-After": "60"})
-            return error_response(
-                401,
-                "missing or wrong token: send 'Authorization: Bearer <token>', 'X-API-Key: <token>', "
-                "'X-Webhook-Secret: <token>' or HTTP Basic with the token as password",
-                {"WWW-Authenticate": 'Bearer realm="rocketchat-webhook"'},
-            )
+        refused = relay.check_access(integration, presented_secrets(), request.remote_addr or "unknown")
+        if refused is not None:
+            return answer(refused)
         if request.content_length is not None and request.content_length > config.max_body_bytes:
             return too_large()
         # The deadline counts from when the request reached Flask, time spent queued for a thread included.

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from .attachments import alert_name, annotation
-from .auth import TokenSource
+from .auth import FailedAuthLimiter, TokenSource
 from .config import Config
 from .delivery import DeliveryReport, DeliveryState, answer_status, answer_within_seconds
 from .dispatcher import Dispatcher, Overloaded
@@ -36,6 +37,13 @@ LOG_SUMMARY_MAX_CHARS = 200
 # Threads parsing and queueing bodies at once (the rest wait blocked, off the interpreter lock).
 PROCESSING_THREADS = 2
 OVERLOAD_RETRY_AFTER_SECONDS = 5
+FAILED_AUTH_LOG_INTERVAL_SECONDS = 60.0
+FAILED_AUTH_RETRY_AFTER_SECONDS = 60
+FAILED_AUTH_LOG_EVERY_SECONDS = 10.0
+AUTH_HINT = (
+    "missing or wrong token: send 'Authorization: Bearer <token>', 'X-API-Key: <token>', "
+    "'X-Webhook-Secret: <token>' or HTTP Basic with the token as password"
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,9 @@ class Relay:
         self.answer_within_seconds = answer_within_seconds(config.delivery_deadline_seconds)
         self.table = table
         self.tokens: dict[str, TokenSource] = {}
+        self.failed_auth = FailedAuthLimiter()
+        self._throttle_logged_at = -FAILED_AUTH_LOG_INTERVAL_SECONDS
+        self._refusals_logged: dict[str, tuple[float, int]] = {}  # integration → (last logged, left out since)
         self.use_table(table)
 
     # -- the table ------------------------------------------------------------------------------------------------
@@ -134,6 +145,21 @@ class Relay:
         self.metrics.prime_integrations(table.integrations)
         self.tokens, self.table = tokens, table  # each a single reference swap: a request sees one table or the other
 
+    def announce(self) -> None:
+        """The start-up lines: the route table (URLs redacted), the bounds, and every integration left open."""
+        for line in self.table.describe():
+            logger.info("%s", line)
+        logger.info(
+            "pacing %s per hook, de-duplication window %gs, at most %d waiting requests",
+            self.config.rate_limit, self.config.dedup_window_seconds, self.config.max_waiting_requests,
+        )
+        open_integrations = [name for name, integration in self.table.integrations.items() if not integration.token]
+        if open_integrations:
+            logger.warning(
+                "no token for integration(s) %s: their endpoints are open to anyone who can reach this port "
+                "(WEBHOOK_TOKEN, or token: in the routes file)", ", ".join(open_integrations),
+            )
+
     def knows(self, integration: str) -> bool:
         return integration in self.table.integrations
 
@@ -148,6 +174,41 @@ class Relay:
         for candidate in presented or [""]:
             matched |= tokens.accepts(candidate)
         return matched
+
+    def check_access(self, integration: str, presented: list[str], address: str) -> Answer | None:
+        """None when the request may proceed; else the answer: 404 unknown integration, 401, or 429 past the limits.
+
+        Only failed authentications are slowed: a client with the right token is never refused for volume.
+        """
+        if not self.knows(integration):
+            return error_answer(404, "unknown integration")
+        if self.accepts(integration, presented):
+            return None
+        self.metrics.auth_failures.labels(integration).inc()
+        exceeded = self.failed_auth.record_failure(address)
+        if exceeded:
+            now = time.monotonic()
+            if now - self._throttle_logged_at >= FAILED_AUTH_LOG_INTERVAL_SECONDS:  # a spray must not flood the log
+                self._throttle_logged_at = now
+                where = f"from {address}" if exceeded == "address" else "from all addresses together"
+                logger.warning("too many failed authentications %s: answering 429 to further failures", where)
+            return error_answer(429, "too many failed authentications; wait a minute",
+                                {"Retry-After": str(FAILED_AUTH_RETRY_AFTER_SECONDS)})
+        self._log_refused(integration, address)
+        return error_answer(401, AUTH_HINT, {"WWW-Authenticate": 'Bearer realm="rocketchat-webhook"'})
+
+    def _log_refused(self, integration: str, address: str) -> None:
+        """A WARNING for a wrong or missing token, so an operator whose Alertmanager has the wrong one sees it; at
+        most one line per integration every FAILED_AUTH_LOG_EVERY_SECONDS, counting what it left out."""
+        now = time.monotonic()
+        logged_at, unlogged = self._refusals_logged.get(integration, (-FAILED_AUTH_LOG_EVERY_SECONDS, 0))
+        if now - logged_at < FAILED_AUTH_LOG_EVERY_SECONDS:
+            self._refusals_logged[integration] = (logged_at, unlogged + 1)
+            return
+        self._refusals_logged[integration] = (now, 0)
+        more = f" ({unlogged} more since the last such line)" if unlogged else ""
+        logger.warning("refused a request for integration %s from %s: missing or wrong token (answered 401)%s",
+                       integration, address, more)
 
     # -- a body ---------------------------------------------------------------------------------------------------
 

@@ -54,8 +54,7 @@ class RouteReloader:
                 "reloaded %s: %d integration(s), %d destination(s)", self.config.routes_file,
                 len(table.integrations), len(table.destinations),
             )
-            for line in table.describe():
-                logger.info("%s", line)
+            self.relay.announce()
             return True
 
     def reload_in_background(self) -> None:

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 from .config import Config, secret_parts_of_url
 from .formatting import classify_severity
 from .hookqueue import Part
+from .matchers import Matcher, matches_all
 from .model import SEVERITIES, UNKNOWN_SEVERITY, Alert, Notification
 from .pacing import RateLimit
 
@@ -59,16 +60,14 @@ class AlertLook:
 
 @dataclass(frozen=True)
 class Route:
-    matchers: tuple = ()  # matchers.Matcher
+    matchers: tuple[Matcher, ...] = ()
     severity: str | None = None  # the relay's normalised severity (critical, warning, info, unknown)
     destinations: tuple[str, ...] = ()
     continue_matching: bool = False
     where: str = ""  # e.g. integrations.default.routes[1], for messages
 
     def matches(self, labels: Mapping[str, str], severity: str) -> bool:
-        if self.severity is not None and self.severity != severity:
-            return False
-        return all(matcher.matches(labels) for matcher in self.matchers)
+        return (self.severity is None or self.severity == severity) and matches_all(self.matchers, labels)
 
     def describe(self) -> str:
         conditions = [str(matcher) for matcher in self.matchers]

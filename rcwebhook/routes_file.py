@@ -13,6 +13,7 @@ from typing import Mapping
 
 from .config import DEFAULT_WEBHOOK_VARIABLE, MENTION_VARIABLE, WEBHOOK_VARIABLE, Config, ConfigError
 from .formatting import SEVERITY_ALIASES
+from .matchers import MatcherError, parse_matchers
 from .model import UNKNOWN_SEVERITY
 from .pacing import parse_rate_limit
 from .routes import (DEFAULT_INTEGRATION, Integration, Route, RouteDestination, RouteTable,
@@ -238,8 +239,6 @@ def _routes(section: object, where: str, destinations: Mapping[str, RouteDestina
             raw_matchers = [raw_matchers]
         if not isinstance(raw_matchers, list) or not all(isinstance(item, str) for item in raw_matchers):
             raise _Problem(f"{place}.matchers", "must be a list of matcher strings such as 'team=\"payments\"'")
-        from .matchers import MatcherError, parse_matchers
-
         try:
             matchers = parse_matchers(raw_matchers)
         except MatcherError as error:

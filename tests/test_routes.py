@@ -296,3 +296,13 @@ def test_a_template_that_fails_on_an_alert_costs_nothing_but_its_layout(tmp_path
         assert 'rocketchat_webhook_template_failures_total{template="ratio"} 1.0' in metrics
     finally:
         application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)
+
+
+def test_a_wrong_token_is_logged_once_per_integration_at_a_time_with_the_count_left_out(routed, caplog):
+    client = routed.test_client()
+    for _ in range(3):
+        answer = client.post("/webhook/grafana-prod", data=body(alert("X")), headers={"X-API-Key": "guess-123"})
+        assert answer.status_code == 401
+    lines = [record for record in caplog.records if "missing or wrong token (answered 401)" in record.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "WARNING" and "grafana-prod" in lines[0].getMessage()
+    assert "guess-123" not in caplog.text  # what a client presented is never logged
