@@ -3,21 +3,19 @@
 Sources: prometheus/alertmanager matcher/oldparse/parse.go (the classic grammar), matcher/parse (the UTF-8 grammar
 of 0.27+), matcher/compat/parse.go (how the two combine) and matcher/matcher.go (the matching). Alertmanager's
 default "fallback" mode keeps the classic reading of any text the classic grammar accepts, and uses the UTF-8
-grammar only for the rest (double-quoted or non-ASCII label names); this module does the same.
+grammar only for the rest (label names that are double-quoted, or hold "." or non-ASCII letters); so does this.
 
-Regexes are RE2 (Go's regexp). Each one is translated into Python's syntax with RE2's meaning, refused at parse
-time when RE2 would refuse it or Python cannot give it RE2's meaning, and compiled once per matcher.
+Regexes are RE2 (Go's regexp is RE2's syntax and meaning), evaluated by Google's RE2 itself (google-re2), refused
+at parse time when RE2 refuses them, and compiled once per matcher.
 """
 
 from __future__ import annotations
 
 import re
-import re._parser as sre_parser  # Python's own regex parser (sre_parse before 3.11)
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from re._constants import ASSERT, ASSERT_NOT, ATOMIC_GROUP, MAX_REPEAT, MAXREPEAT, MIN_REPEAT, POSSESSIVE_REPEAT
+import re2
 
 OPERATORS = ("=", "!=", "=~", "!~")
 REGEX_OPERATORS = ("=~", "!~")
@@ -39,7 +37,7 @@ class Matcher:
     name: str
     operator: str
     value: str
-    _regex: re.Pattern[str] | None = field(init=False, default=None, repr=False, compare=False)
+    _regex: object | None = field(init=False, default=None, repr=False, compare=False)  # an re2 pattern
 
     def __post_init__(self) -> None:
         if self.operator not in OPERATORS:
@@ -78,7 +76,7 @@ def parse_matcher(text: str) -> Matcher:
         raise MatcherError(repr(text), "the matcher is empty")
     # compat.FallbackMatcherParser refuses braces before trying either grammar.
     if text.startswith("{") or text.endswith("}"):
-        raise MatcherError(text.strip(), "braces enclose a list of matchers; a single matcher has none")
+        raise MatcherError(text.strip(_GO_SPACE), "braces enclose a list of matchers; a single matcher has none")
     return _first_grammar_that_reads(text, _parse_classic, _parse_utf8_single)
 
 
@@ -112,6 +110,7 @@ class _Invalid(Exception):
 
 
 def _first_grammar_that_reads(text, classic, utf8):
+    """Alertmanager's fallback mode: the classic reading when there is one, else the UTF-8 reading."""
     try:
         return classic(text)
     except _Invalid as classic_error:
@@ -124,8 +123,8 @@ def _first_grammar_that_reads(text, classic, utf8):
 
 
 # unicode.IsSpace in Go, used by the UTF-8 lexer and strings.TrimSpace: Unicode's White_Space property.
-_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
-            "\u2028\u2029\u202f\u205f\u3000"
+_GO_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+             "\u2028\u2029\u202f\u205f\u3000")
 _CLASSIC_SPACE = "\t\n\f\r "  # RE2's \s, which the classic grammar's pattern uses around each part
 _CLASSIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _CLASSIC_OPERATOR = re.compile(r"=~|=|!=|!~")  # "=~" before "=", as in Alertmanager
@@ -388,318 +387,59 @@ def _openmetrics_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-# --- RE2 regexes, translated for Python's re ------------------------------------------------------------
+# -- RE2 ---------------------------------------------------------------------------------------------------------
 
-_NOT_RE2 = "is not supported by RE2, Alertmanager's regex engine"
-_NOT_HERE = "is valid in RE2 but Python's re, which this relay uses, has no equivalent"
-_RE2_MAX_REPEAT = 1000  # regexp/syntax: a larger count, or nested counts whose product is larger, is refused
-
-# RE2's classes are ASCII-only ("\d == [0-9]", regexp/syntax doc), as (first, last) code point ranges. They are
-# written out rather than compiled with re.ASCII because re.ASCII would also make (?i) fold ASCII letters only,
-# where RE2's (?i)ü matches Ü.
-_PERL_CLASSES = {
-    "d": ((0x30, 0x39),),
-    "s": ((0x09, 0x0A), (0x0C, 0x0D), (0x20, 0x20)),
-    "w": ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)),
-}
-_POSIX_CLASSES = {
-    "alnum": ((0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)),
-    "alpha": ((0x41, 0x5A), (0x61, 0x7A)),
-    "ascii": ((0x00, 0x7F),),
-    "blank": ((0x09, 0x09), (0x20, 0x20)),
-    "cntrl": ((0x00, 0x1F), (0x7F, 0x7F)),
-    "digit": ((0x30, 0x39),),
-    "graph": ((0x21, 0x7E),),
-    "lower": ((0x61, 0x7A),),
-    "print": ((0x20, 0x7E),),
-    "punct": ((0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)),
-    "space": ((0x09, 0x0D), (0x20, 0x20)),
-    "upper": ((0x41, 0x5A),),
-    "word": _PERL_CLASSES["w"],
-    "xdigit": ((0x30, 0x39), (0x41, 0x46), (0x61, 0x66)),
-}
-# Spellings Python's parser folds away or rejects before building any node, so the translator names them.
-_REFUSED_GROUP_OPENERS = (
-    ("(?P=", f"backreference (?P=name) {_NOT_RE2}"),
-    ("(?P>", f"recursion (?P>name) {_NOT_RE2}"),
-    ("(?(", f"conditional group (?(1)...|...) {_NOT_RE2}"),
-    ("(?#", f"comment (?#...) {_NOT_RE2}"),
+# Google's RE2, the engine whose syntax and meaning Go's regexp (Alertmanager's) follows: a route means the same here
+# as in amtool, and matching takes time linear in the label's length (Python's re can take exponential time on a
+# pattern such as (a+)+b, which on the delivery path would stall a channel). Errors are raised, never printed.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+# What RE2 says, and what an operator reading the refusal should hear.
+_RE2_REFUSALS = (
+    ("invalid perl operator: (?=", "lookahead (?=...)"),
+    ("invalid perl operator: (?!", "negative lookahead (?!...)"),
+    ("invalid perl operator: (?<=", "lookbehind (?<=...)"),
+    ("invalid perl operator: (?<!", "negative lookbehind (?<!...)"),
+    ("invalid perl operator: (?>", "atomic group (?>...)"),
+    ("invalid perl operator: (?(", "conditional group (?(1)...|...)"),
+    ("invalid perl operator: (?#", "comment (?#...)"),
+    ("invalid perl operator: (?P=", "backreference (?P=name)"),
+    ("invalid named capture group: (?P=", "backreference (?P=name)"),
+    ("invalid escape sequence: \\1", "backreference \\1"),
+    ("invalid repetition size", "a repeat count above 1000"),
+    ("bad repetition operator: *+", "possessive quantifier"),
+    ("bad repetition operator: ++", "possessive quantifier"),
+    ("bad repetition operator: ?+", "possessive quantifier"),
 )
-_LOOKAROUND = {
-    (ASSERT, 1): "lookahead (?=...)",
-    (ASSERT_NOT, 1): "negative lookahead (?!...)",
-    (ASSERT, -1): "lookbehind (?<=...)",
-    (ASSERT_NOT, -1): "negative lookbehind (?<!...)",
-}
-_GO_REPEAT = re.compile(r"\{[0-9]+(?:,[0-9]*)?\}")
-_FLAG_GROUP = re.compile(r"\(\?([A-Za-z-]*)([:)])")
-_OCTAL = re.compile("[0-7]{1,3}")
-_HEX_BRACED = re.compile(r"\\x\{([0-9A-Fa-f]+)\}")
-_HEX_PAIR = re.compile(r"\\x[0-9A-Fa-f]{2}")
-_UNICODE_CLASS = re.compile(r"\\[pP](?:\{[^}]*\}|.)")
 
 
-def _compile_anchored_re2(value: str) -> re.Pattern[str]:
-    # matcher.NewMatcher compiles "^(?:" + value + ")$". Translating that whole text keeps its one quirk too:
-    # a value such as "a)|(b" closes the group early and leaves its alternatives anchored at one end only.
-    pattern = _translate_re2("^(?:" + value + ")$")
-    with warnings.catch_warnings():
-        # Python warns about "[[", "--", "&&" in classes being possible future set syntax; RE2 reads them
-        # literally, and so does the Python of today.
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            _refuse_nodes_re2_lacks(sre_parser.parse(pattern), _RE2_MAX_REPEAT)
-            return re.compile(pattern)
-        except re.error as err:
-            raise _Invalid(f"invalid regular expression: {err.msg}") from None
-        except RecursionError:
-            raise _Invalid("the regular expression nests too deeply") from None
+# Escapes Google's RE2 reads but Go's regexp refuses: a route amtool would refuse is refused here too.
+_GO_LACKS_ESCAPES = {"C": "\\C (any byte)", "u": "\\u", "U": "\\U"}
 
 
-def _refuse_nodes_re2_lacks(tree, repeat_budget: int | None) -> None:
-    """Refuse lookaround, atomic groups and possessive quantifiers, and repeats beyond RE2's limit."""
-    for op, av in tree:
-        if op in (ASSERT, ASSERT_NOT):
-            direction, _ = av
-            raise _Invalid(f"{_LOOKAROUND[op, direction]} {_NOT_RE2}")
-        if op == ATOMIC_GROUP:
-            raise _Invalid(f"atomic group (?>...) {_NOT_RE2}")
-        if op == POSSESSIVE_REPEAT:
-            raise _Invalid(f"possessive quantifier (*+, ++, ?+, {{n}}+) {_NOT_RE2}")
-        budget = repeat_budget
-        if op in (MAX_REPEAT, MIN_REPEAT):
-            low, high, _ = av
-            count = low if high == MAXREPEAT else high  # as regexp/syntax's repeatIsValid counts
-            if count > _RE2_MAX_REPEAT or (repeat_budget is not None and count > repeat_budget):
-                raise _Invalid(f"a repeat count above {_RE2_MAX_REPEAT} (nested counts multiply) {_NOT_RE2}")
-            # repeatIsValid stops at a {0}; elsewhere the inner repeats share what the outer count leaves.
-            if high == 0 or repeat_budget is None:
-                budget = None
-            else:
-                budget = repeat_budget // max(count, 1)
-        for child in _subpatterns(av):
-            _refuse_nodes_re2_lacks(child, budget)
-
-
-def _subpatterns(av):
-    if isinstance(av, sre_parser.SubPattern):
-        yield av
-    elif isinstance(av, (tuple, list)):
-        for item in av:
-            yield from _subpatterns(item)
-
-
-@dataclass
-class _Scope:
-    """A group being translated: RE2's flags in force, and the Python flag groups opened for them so far."""
-
-    flags: frozenset[str]
-    opened: list[str] = field(default_factory=list)
-
-
-def _translate_re2(pattern: str) -> str:
-    """The same regex in Python's syntax; refuses what Python would fold away or read differently."""
-    out: list[str] = []
-    scopes = [_Scope(frozenset())]
-    flag_openers_at: int | None = None  # where in `out` a run of (?i)-style openers began, if `out` ends with one
+def _refuse_what_go_lacks(value: str) -> None:
     index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        scope = scopes[-1]
-        repeat = _GO_REPEAT.match(pattern, index) if char == "{" else None
-        if char in "*+?" or repeat:
-            quantifier = repeat.group() if repeat else char
-            index += len(quantifier)
-            # A flag group is not an atom in RE2: in x(?i)* the * repeats x, so it goes before the openers.
-            if flag_openers_at is None:
-                out.append(quantifier)
-            else:
-                out.insert(flag_openers_at, quantifier)
-                flag_openers_at += 1
-            continue
-        if char == "(":
-            text, index = _translate_group_opener(pattern, index, scopes)
-            if pattern[index - 1] == ")":  # a flag switch such as (?i); every other opener ends inside its group
-                flag_openers_at = len(out) if flag_openers_at is None else flag_openers_at
-                out.append(text)
-                continue
-        elif char == "\\":
-            text, index = _translate_escape(pattern, index, in_class=False)
-        elif char == "[":
-            text, index = _translate_class(pattern, index)
-        elif char == ")":
-            text, index = ")" * len(scope.opened) + ")", index + 1
-            if len(scopes) > 1:
-                scopes.pop()
-        elif char == "|":
-            # An RE2 flag such as (?i) holds to the end of its group, across "|": close and reopen around it.
-            text, index = ")" * len(scope.opened) + "|" + "".join(scope.opened), index + 1
-        elif char == "$":
-            # RE2's $ is the end of the text unless (?m); Python's $ also matches before a final newline.
-            text, index = _assertion("$" if "m" in scope.flags else r"\Z"), index + 1
-        elif char == "^":
-            text, index = _assertion("^"), index + 1
-        elif char == "{":
-            text, index = r"\{", index + 1  # not a repeat, so a literal in RE2 (Python would read "{,3}")
+    while index < len(value) - 1:
+        if value[index] == "\\":
+            construct = _GO_LACKS_ESCAPES.get(value[index + 1])
+            if construct is not None:
+                raise _Invalid(f"{construct} is not supported by Go's RE2, Alertmanager's regex engine")
+            index += 2
         else:
-            text, index = char, index + 1
-        flag_openers_at = None
-        out.append(text)
-    if len(scopes) == 1:  # otherwise a group is unclosed, and Python's parser says so
-        out.append(")" * len(scopes[0].opened))
-    return "".join(out)
-
-
-def _translate_group_opener(pattern: str, index: int, scopes: list[_Scope]) -> tuple[str, int]:
-    flags = scopes[-1].flags
-    for spelling, reason in _REFUSED_GROUP_OPENERS:
-        if pattern.startswith(spelling, index):
-            raise _Invalid(reason)
-    if pattern.startswith("(?<", index) and not pattern.startswith(("(?<=", "(?<!"), index):
-        scopes.append(_Scope(flags))
-        return "(?P<", index + 3  # RE2 (Go 1.22+) also writes a named group (?<name>...); Python 3.11 does not
-    flag_group = _FLAG_GROUP.match(pattern, index)
-    if flag_group:
-        return _translate_flag_group(flag_group, scopes), flag_group.end()
-    # "(", "(?P<name>" and the lookaround and atomic openers, which Python's parser reads and the tree check refuses.
-    scopes.append(_Scope(flags))
-    return ("(?", index + 2) if pattern.startswith("(?", index) else ("(", index + 1)
-
-
-def _translate_flag_group(flag_group: re.Match[str], scopes: list[_Scope]) -> str:
-    spelling, letters, end = flag_group.group(0, 1, 2)
-    for letter in letters.replace("-", ""):
-        if letter not in "imsU":
-            raise _Invalid(f"flag {letter} in {spelling} {_NOT_RE2}, whose flags are i, m, s and U")
-    if letters.count("-") > 1 or letters.endswith("-"):
-        raise _Invalid(f"malformed flag group {spelling}")
-    turned_on, _, turned_off = letters.partition("-")
-    scope = scopes[-1]
-    # U (ungreedy) swaps greedy and lazy repeats, which never changes whether a whole label value matches.
-    flags = frozenset((scope.flags | set(turned_on)) - set(turned_off) - {"U"})
-    python_on, python_off = "".join(sorted(flags - scope.flags)), "".join(sorted(scope.flags - flags))
-    opener = f"(?{python_on}{'-' + python_off if python_off else ''}:"
-    if end == ":":
-        scopes.append(_Scope(flags))
-        return opener
-    if flags == scope.flags:
-        return ""
-    # Python 3.11 takes global flags only at the very start, so (?i) becomes (?i: up to the end of its group.
-    scope.flags = flags
-    scope.opened.append(opener)
-    return opener
-
-
-def _translate_escape(pattern: str, index: int, in_class: bool) -> tuple[str, int]:
-    if index + 1 == len(pattern):
-        raise _Invalid("the regular expression ends with a lone backslash")
-    letter = pattern[index + 1]
-    spelling = pattern[index:index + 2]
-    if letter in "dswDSW":
-        ranges = _PERL_CLASSES[letter.lower()]
-        if in_class:
-            return _class_items(_complement(ranges) if letter.isupper() else ranges), index + 2
-        return ("[^" if letter.isupper() else "[") + _class_items(ranges) + "]", index + 2
-    if letter in "aftnrv":
-        return spelling, index + 2
-    if letter == "x":
-        return _translate_hex_escape(pattern, index)
-    # Go reads \0, \0o and \ooo (but never a lone \1-\7) as octal; Python would read \12 as a backreference.
-    if letter == "0" or (letter in "1234567" and pattern[index + 2:index + 3] in tuple("01234567")):
-        digits = _OCTAL.match(pattern, index + 1)
-        return _code_point(int(digits.group(), 8)), digits.end()
-    if letter in "123456789":
-        raise _Invalid(f"backreference {spelling} {_NOT_RE2}")
-    if letter.isascii() and not letter.isalnum():
-        return spelling, index + 2  # escaped punctuation is itself in both
-    if letter in "pP":
-        named = _UNICODE_CLASS.match(pattern, index)
-        raise _Invalid(f"Unicode class {named.group() if named else spelling} {_NOT_HERE}; list the characters instead")
-    if letter == "Z":
-        raise _Invalid(f"\\Z {_NOT_RE2}; write \\z for the end of the text")
-    if not in_class:
-        if letter == "A":
-            return _assertion(spelling), index + 2
-        if letter == "b":
-            return r"(?a:\b)", index + 2  # RE2's word boundary is between \w and \W, both ASCII
-        if letter == "B":
-            return r"(?:(?a:\B)|\A\Z)", index + 2  # Python 3.11's \B never matches in an empty string; RE2's does
-        if letter == "z":
-            return _assertion(r"\Z"), index + 2
-        if letter == "Q":
-            end = pattern.find(r"\E", index + 2)
-            literal = pattern[index + 2:] if end < 0 else pattern[index + 2:end]
-            return re.escape(literal), len(pattern) if end < 0 else end + 2
-        if letter == "C":
-            raise _Invalid(f"\\C (any byte) {_NOT_HERE}")
-    if letter == "b":
-        raise _Invalid(f"\\b inside a character class {_NOT_RE2} (Python would read a backspace); write \\x08")
-    where = " inside a character class" if in_class else ""
-    raise _Invalid(f"invalid escape {spelling}{where}: RE2 has no such escape")
-
-
-def _translate_hex_escape(pattern: str, index: int) -> tuple[str, int]:
-    braced = _HEX_BRACED.match(pattern, index)
-    if braced and int(braced.group(1), 16) <= 0x10FFFF:
-        return _code_point(int(braced.group(1), 16)), braced.end()
-    pair = _HEX_PAIR.match(pattern, index)
-    if pair:
-        return pair.group(), pair.end()
-    raise _Invalid(f"invalid escape {pattern[index:index + 4]}: write \\x41 or \\x{{41}}")
-
-
-def _translate_class(pattern: str, index: int) -> tuple[str, int]:
-    out = ["["]
-    index += 1
-    if pattern.startswith("^", index):
-        out.append("^")
-        index += 1
-    first = True  # a "]" right after "[" or "[^" is a literal in both
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "]" and not first:
-            return "".join(out) + "]", index + 1
-        first = False
-        end = pattern.find(":]", index + 2) if pattern.startswith("[:", index) else -1
-        if end >= 0:  # a POSIX class such as [:alpha:], which Python would read as the characters "[:alph"
-            name = pattern[index + 2:end]
-            ranges = _POSIX_CLASSES.get(name.removeprefix("^"))
-            if ranges is None:
-                raise _Invalid(f"unknown character class [:{name}:]")
-            out.append(_class_items(_complement(ranges) if name.startswith("^") else ranges))
-            index = end + 2
-        elif char == "\\":
-            text, index = _translate_escape(pattern, index, in_class=True)
-            out.append(text)
-        else:
-            out.append("\\" + char if char in "[]&|~" else char)
             index += 1
-    raise _Invalid("a character class [...] has no closing ]")
 
 
-def _assertion(python_spelling: str) -> str:
-    # In a group, because RE2 takes a quantifier after an assertion (^+, \b*) where Python refuses it.
-    return f"(?:{python_spelling})"
-
-
-def _class_items(ranges) -> str:
-    return "".join(_code_point(low) if low == high else f"{_code_point(low)}-{_code_point(high)}"
-                   for low, high in ranges)
-
-
-def _complement(ranges):
-    complement, start = [], 0
-    for low, high in ranges:
-        if low > start:
-            complement.append((start, low - 1))
-        start = high + 1
-    if start <= 0x10FFFF:
-        complement.append((start, 0x10FFFF))
-    return complement
-
-
-def _code_point(code: int) -> str:
-    char = chr(code)
-    if char.isascii() and char.isalnum():
-        return char
-    return f"\\x{code:02x}" if code < 0x100 else f"\\U{code:08x}"
+def _compile_anchored_re2(value: str):
+    """matcher.NewMatcher compiles "^(?:" + value + ")$", quirk included: "a)|(b" closes the group early."""
+    _refuse_what_go_lacks(value)
+    try:
+        return re2.compile("^(?:" + value + ")$", _RE2_OPTIONS)
+    except re2.error as error:
+        reason = error.args[0].decode("utf-8", "replace") if error.args and isinstance(error.args[0], bytes) \
+            else str(error)
+        named = next((construct for marker, construct in _RE2_REFUSALS if marker in reason), None)
+        if named is not None:
+            raise _Invalid(f"{named} is not supported by RE2, Alertmanager's regex engine ({reason})") from None
+        raise _Invalid(f"not a regular expression RE2, Alertmanager's regex engine, accepts: {reason}") from None
+    except (RecursionError, MemoryError):
+        raise _Invalid("the regular expression is too large or nests too deeply for RE2") from None
