@@ -10,8 +10,9 @@ them together, optionally makes the mock slow or failing, sends the groups concu
 bodies (re-sending what is answered 5xx as Alertmanager would), waits until the mock shows every alert (or the
 timeout), and prints what happened. See bench/README.md for what each figure means.
 
-Only the standard library and requests. Every HTTP call has a timeout, the run has a total timeout, and both child
-processes (each in its own process group) are always stopped: try/finally, atexit, and SIGTERM/SIGINT handlers.
+Only the standard library, requests and the process helpers the tests use (tests/helpers.py). Every HTTP call has a
+timeout, the run has a total timeout, and both child processes (each in its own process group) are always stopped:
+try/finally, atexit, and SIGTERM/SIGINT handlers.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,12 +40,17 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests/ (a namespace package) holds the process helpers shared with the tests
+from tests.helpers import (  # noqa: E402
+    GUNICORN_COMMAND, PYTHON, ManagedProcess, direct_session, free_port, relay_environ, wait_until_serving,
+)
+
 LOOPBACK = "127.0.0.1"
 HOOK_NAMES = ("critical", "warning", "info")  # mock_server.py's default hooks: /hooks/<name>/<name>-token
 
 START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 45.0  # gunicorn's graceful_timeout is 30 s; the worker drains for up to 8 s
-POLL_INTERVAL_SECONDS = 0.1
+READY_PROBE_TIMEOUT_SECONDS = (1.0, 2.0)  # connect, read
 DELIVERY_POLL_INTERVAL_SECONDS = 0.5
 CONNECT_TIMEOUT_SECONDS = 3.05
 # The relay answers within DELIVERY_DEADLINE_SECONDS (8 s); a read timeout well above it never cuts an answer short.
@@ -55,17 +60,6 @@ CONTROL_READ_TIMEOUT_SECONDS = 30.0
 RESEND_FIRST_BACKOFF_SECONDS = 0.5
 RESEND_BACKOFF_FACTOR = 1.5
 RESEND_MAX_BACKOFF_SECONDS = 5.0
-
-# Every setting the relay reads, and what else changes how it or its HTTP client behaves: none is inherited.
-RELAY_SETTINGS = (
-    "ROCKETCHAT_WEBHOOK_CRITICAL", "ROCKETCHAT_WEBHOOK_WARNING", "ROCKETCHAT_WEBHOOK_INFO",
-    "ROCKETCHAT_WEBHOOK_DEFAULT", "ROCKETCHAT_MENTION_CRITICAL", "ROCKETCHAT_MENTION_WARNING",
-    "ROCKETCHAT_MENTION_INFO", "SEVERITY_LABEL", "WEBHOOK_TOKEN", "HOST", "PORT", "LOG_LEVEL", "DEBUG", "LOG_FILE",
-    "ROCKETCHAT_ALIAS", "ROCKETCHAT_EMOJI", "ROCKETCHAT_AVATAR_URL", "DELIVERY_DEADLINE_SECONDS", "MAX_BODY_BYTES",
-    "ROCKETCHAT_RATE_LIMIT", "DEDUP_WINDOW_SECONDS", "MAX_WAITING_REQUESTS", "MAX_QUEUED_BYTES",
-    "GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "FLASK_DEBUG", "FLASK_APP", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
-)
 
 # Alert names and instances are unique and easy to find in any message text: StormG0007A0003 on storm-g0007-a0003:9100.
 ALERT_PAIR = re.compile(r"StormG(\d{4})A(\d{4}) on storm-g(\d{4})-a(\d{4}):9100")
@@ -83,68 +77,35 @@ def alert_instance(group: int, alert: int) -> str:
 # -- child processes ----------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
-
-
-def clean_environ(overrides: dict[str, str]) -> dict[str, str]:
-    """os.environ without any relay setting, .env reading or proxy, plus the overrides."""
-    environ = {name: value for name, value in os.environ.items() if name not in RELAY_SETTINGS}
-    environ.update(PYTHON_DOTENV_DISABLED="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-                   PYTHONUNBUFFERED="1")
-    environ.update(overrides)
-    return environ
-
-
-class Child:
-    """A child process in its own process group, its output in a file; stop() ends the group by its id."""
+class Child(ManagedProcess):
+    """A child in its own process group, stdout and stderr in one log (log_path: <dir>/<name>.log), run from REPO."""
 
     def __init__(self, name: str, args: list[str], environ: dict[str, str], log_path: Path):
-        self.name, self.log_path = name, log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                args, cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() reaches gunicorn's worker too
-            )
-        self.stopped = False
+        super().__init__(args, env=environ, cwd=REPO, output_dir=log_path.parent, name=log_path.stem,
+                         merge_output=True)
+        self.name, self.log_path = name, self.stdout_path
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.running
 
     def log_tail(self, lines: int = 20) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(self.stdout().splitlines()[-lines:])
         except OSError:
             return ""
 
-    def stop(self, timeout_seconds: float = STOP_TIMEOUT_SECONDS) -> None:
-        """SIGTERM to the group, then SIGKILL to the group if it is still there after timeout_seconds."""
-        if self.stopped:
-            return
-        self.stopped = True
-        group = self.process.pid  # start_new_session: the group id is the child's pid
+    def stop(self, timeout_seconds: float = STOP_TIMEOUT_SECONDS) -> int | None:
+        """SIGTERM to the group, SIGKILL after timeout_seconds; never raises, so the next child is stopped too."""
         try:
-            os.killpg(group, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(timeout=timeout_seconds)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(group, signal.SIGKILL)  # the leader may be gone while a worker lingers
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+            return super().stop(timeout_seconds)
+        except subprocess.TimeoutExpired:  # still there after SIGKILL (uninterruptible): nothing more to do
+            return None
 
 
 CHILDREN: list[Child] = []
+# The names bench/slow_clients.py imports from here.
+clean_environ = relay_environ
+new_session = direct_session
 
 
 def stop_children() -> None:
@@ -158,17 +119,13 @@ def on_signal(signum, _frame) -> None:
 
 def wait_for(url: str, child: Child, session: requests.Session, deadline_seconds: float) -> None:
     """Poll url until it answers 200; RuntimeError with the child's log when it exits or the deadline passes."""
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        if not child.alive():
-            raise RuntimeError(f"{child.name} exited with status {child.process.returncode}:\n{child.log_tail()}")
-        try:
-            if session.get(url, timeout=(1.0, 2.0)).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(POLL_INTERVAL_SECONDS)
-    raise RuntimeError(f"{child.name} not ready within {deadline_seconds:g} s:\n{child.log_tail()}")
+    try:
+        wait_until_serving(child, url, deadline_seconds, http=session, name=child.name,
+                           request_timeout_seconds=READY_PROBE_TIMEOUT_SECONDS)
+    except AssertionError:
+        if child.alive():
+            raise RuntimeError(f"{child.name} not ready within {deadline_seconds:g} s:\n{child.log_tail()}") from None
+        raise RuntimeError(f"{child.name} exited with status {child.process.returncode}:\n{child.log_tail()}") from None
 
 
 def relay_revision() -> str:
@@ -182,12 +139,6 @@ def relay_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if changes else "")
-
-
-def new_session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # no proxy, no .netrc: loopback only
-    return session
 
 
 # -- the storm ------------------------------------------------------------------------------------------------------
@@ -250,7 +201,7 @@ def send_group(url: str, group: int, body: bytes, resend: bool, deadline: float,
     """POST one group's body; with resend, again after a backoff while the answer is retryable (as Alertmanager)."""
     session = getattr(local, "session", None)
     if session is None:
-        session = local.session = new_session()
+        session = local.session = direct_session()
     log = RequestLog(group)
     started = time.monotonic()
     attempt = 0
@@ -319,7 +270,7 @@ class Mock:
     """The mock's control API."""
 
     def __init__(self, base_url: str):
-        self.base_url, self.session = base_url, new_session()
+        self.base_url, self.session = base_url, direct_session()
 
     def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
         response = self.session.request(method, f"{self.base_url}{path}", json=payload,
@@ -342,23 +293,22 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     revision = relay_revision()
     hooks_used = HOOK_NAMES[: args.hooks]
     sent = {(group, alert) for group in range(1, args.groups + 1) for alert in range(1, args.alerts + 1)}
-    control = new_session()
+    control = direct_session()
 
     mock_port = free_port()
-    mock = Child("mock_server.py", [sys.executable, "mock_server.py", "--host", LOOPBACK, "--port", str(mock_port),
+    mock = Child("mock_server.py", [PYTHON, "mock_server.py", "--host", LOOPBACK, "--port", str(mock_port),
                                     "--rate-limit", args.rate_limit, "--quiet"],
-                 clean_environ({}), workdir / "mock.log")
+                 relay_environ(), workdir / "mock.log")
     CHILDREN.append(mock)
     mock_url = f"http://{LOOPBACK}:{mock_port}"
     wait_for(f"{mock_url}/_mock/health", mock, control, START_TIMEOUT_SECONDS)
 
     relay_port = free_port()
-    relay_environ = clean_environ({
+    relay_settings = relay_environ({
         "HOST": LOOPBACK, "PORT": str(relay_port), "ROCKETCHAT_RATE_LIMIT": args.rate_limit,
         **{f"ROCKETCHAT_WEBHOOK_{name.upper()}": f"{mock_url}/hooks/{name}/{name}-token" for name in HOOK_NAMES},
     })
-    relay = Child("relay (gunicorn)", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                                       "rocketchat_webhook:app"], relay_environ, workdir / "relay.log")
+    relay = Child("relay (gunicorn)", list(GUNICORN_COMMAND), relay_settings, workdir / "relay.log")
     CHILDREN.append(relay)
     relay_url = f"http://{LOOPBACK}:{relay_port}"
     wait_for(f"{relay_url}/ready", relay, control, START_TIMEOUT_SECONDS)

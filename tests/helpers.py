@@ -1,11 +1,12 @@
 """Process, port and polling helpers for the tests that run the relay as a real process.
 
 Every process started here runs in its own session (process group), so stopping it also stops what it forked
-(gunicorn's worker); stop() ends the group by its id, first politely, then with SIGKILL.
+(gunicorn's worker); stop() ends the group by its id, first politely, then with SIGKILL. bench/ uses them too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -114,18 +115,29 @@ def wait_until(condition: Callable[[], object], timeout_seconds: float, descript
 
 
 class ManagedProcess:
-    """A child process in its own process group, its output in files, always stopped by stop()."""
+    """A child process in its own process group, its output in files, always stopped by stop().
 
-    def __init__(self, args: Sequence[str], *, env: Mapping[str, str], cwd: Path, output_dir: Path, name: str):
+    Its output goes to <name>.stdout and <name>.stderr in output_dir; with merge_output, both to <name>.log in the
+    order written, as a terminal shows them (a benchmark's log to keep).
+    """
+
+    def __init__(self, args: Sequence[str], *, env: Mapping[str, str], cwd: Path, output_dir: Path, name: str,
+                 merge_output: bool = False):
         self.args = list(args)
-        self.stdout_path = output_dir / f"{name}.stdout"
-        self.stderr_path = output_dir / f"{name}.stderr"
-        with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
+        if merge_output:
+            self.stdout_path = self.stderr_path = output_dir / f"{name}.log"
+        else:
+            self.stdout_path = output_dir / f"{name}.stdout"
+            self.stderr_path = output_dir / f"{name}.stderr"
+        with contextlib.ExitStack() as files:
+            stdout = files.enter_context(open(self.stdout_path, "wb"))
+            stderr = subprocess.STDOUT if merge_output else files.enter_context(open(self.stderr_path, "wb"))
             self.process = subprocess.Popen(
                 self.args, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                 start_new_session=True,  # its own process group: stop() reaches gunicorn's workers too
             )
         self.pid = self.process.pid
+        self._stopped = False
 
     @property
     def running(self) -> bool:
@@ -156,7 +168,13 @@ class ManagedProcess:
             self._signal_group(signal.SIGTERM)
 
     def stop(self, timeout_seconds: float = STOP_TIMEOUT_SECONDS) -> int:
-        """SIGTERM to the group, then SIGKILL if it is not gone in time; returns the leader's exit status."""
+        """SIGTERM to the group, then SIGKILL if it is not gone in time; returns the leader's exit status.
+
+        Once it has returned, calling it again (a finally block, then atexit) signals nothing: the group's id is
+        free by then and may name someone else's group.
+        """
+        if self._stopped:
+            return self.process.returncode
         if self.running:
             self._signal_group(signal.SIGTERM)
             if self.wait(timeout_seconds) is None:
@@ -164,7 +182,29 @@ class ManagedProcess:
                 self.process.wait(timeout_seconds)
         # Whatever the leader did, nothing of its group may outlive the test (a worker whose master died).
         self._signal_group(signal.SIGKILL)
+        self._stopped = True
         return self.process.returncode
+
+
+def wait_until_serving(
+    process: ManagedProcess, url: str, timeout_seconds: float, *, http: requests.Session, name: str,
+    request_timeout_seconds: float | tuple[float, float] = 1.0,
+) -> None:
+    """Poll GET url until it answers 200 (no answer yet, a cut or a slow one: not yet serving).
+
+    AssertionError naming the exit status and the output if process ends first, or what was awaited on timeout.
+    """
+    def serving() -> bool:
+        if not process.running:
+            raise AssertionError(
+                f"{name} exited with status {process.process.returncode} before serving; stderr:\n{process.stderr()}"
+            )
+        try:
+            return http.get(url, timeout=request_timeout_seconds).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(serving, timeout_seconds, f"GET {url} to answer 200")
 
 
 @dataclass
@@ -221,18 +261,7 @@ class Relay:
         return relay
 
     def wait_healthy(self, timeout_seconds: float = START_TIMEOUT_SECONDS) -> None:
-        def healthy() -> bool:
-            if not self.process.running:
-                raise AssertionError(
-                    f"the relay exited with status {self.process.process.returncode} before serving; stderr:\n"
-                    f"{self.process.stderr()}"
-                )
-            try:
-                return self.http.get(f"{self.base_url}/health", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(healthy, timeout_seconds, f"GET {self.base_url}/health to answer 200")
+        wait_until_serving(self.process, f"{self.base_url}/health", timeout_seconds, http=self.http, name="the relay")
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""

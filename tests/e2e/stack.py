@@ -220,13 +220,18 @@ class AlertmanagerProcess(ServiceProcess):
 
     @classmethod
     def start(cls, binary: str, amtool: str, workdir: Path, *, relay_url: str, token_file: Path) -> "AlertmanagerProcess":
-        port = free_port()
         shipped = yaml.safe_load(SHIPPED_ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
         config = adapt_alertmanager_config(
             shipped, relay_url=relay_url, token_file=token_file, smarthost=f"127.0.0.1:{free_port()}"
         )
         config_path = workdir / "alertmanager.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return cls.start_with_config(binary, amtool, workdir, config_path)
+
+    @classmethod
+    def start_with_config(cls, binary: str, amtool: str, workdir: Path, config_path: Path) -> "AlertmanagerProcess":
+        """Alertmanager with the configuration in config_path, on a free loopback port."""
+        port = free_port()
         storage = workdir / "alertmanager-data"
         storage.mkdir()
         process = ManagedProcess(

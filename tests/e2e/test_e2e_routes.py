@@ -19,7 +19,7 @@ import yaml
 from tests.e2e.stack import (
     AlertmanagerProcess, MockProcess, Stack, alert, dump_json, firing, parse_metrics, sightings, unique_names,
 )
-from tests.helpers import ManagedProcess, Relay, free_port, relay_environ, wait_until
+from tests.helpers import Relay, free_port, relay_environ, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -94,30 +94,9 @@ def check_config(amtool: str, config_path: Path) -> str:
     return output
 
 
-class ConfiguredAlertmanager(AlertmanagerProcess):
-    """Debian's Alertmanager with a configuration of this module's own (AlertmanagerProcess.start adapts the
-    shipped one); the same command line otherwise."""
-
-    @classmethod
-    def start_with(cls, binary: str, amtool: str, workdir: Path, config_path: Path) -> "ConfiguredAlertmanager":
-        port = free_port()
-        storage = workdir / "alertmanager-data"
-        storage.mkdir()
-        process = ManagedProcess(
-            [
-                binary, f"--config.file={config_path}", f"--storage.path={storage}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",  # no HA peer: it would listen on 0.0.0.0:9094
-                "--log.level=debug",  # "Notify success" lines per receiver
-            ],
-            env=relay_environ(), cwd=workdir, output_dir=workdir, name="alertmanager",
-        )
-        return cls(process, port, config_path, amtool)._await_ready()
-
-
 class RoutesStack(Stack):
-    def start_configured_alertmanager(self, config_path: Path) -> ConfiguredAlertmanager:
-        return self._track(ConfiguredAlertmanager.start_with(
+    def start_configured_alertmanager(self, config_path: Path) -> AlertmanagerProcess:
+        return self._track(AlertmanagerProcess.start_with_config(
             self.programs["alertmanager"], self.programs["amtool"], self.workdir, config_path,
         ))
 
