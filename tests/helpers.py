@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,26 @@ def direct_session() -> requests.Session:
     session = requests.Session()
     session.trust_env = False
     return session
+
+
+def call_within(seconds: float, call: Callable[[], object], what: str) -> object:
+    """call() in a thread of its own; fails the test when it takes longer than seconds (a hang), instead of hanging
+    the whole run. What call raises is raised here."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="bounded-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{what} did not answer within {seconds} s (a hang)"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def wait_until(condition: Callable[[], object], timeout_seconds: float, description: str) -> object:

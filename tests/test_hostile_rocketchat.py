@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from rcwebhook.app import create_app
 from rcwebhook.logs import HANDLER_NAME
-from tests.helpers import wait_until
+from tests.helpers import call_within, wait_until
 from tests.hostile_rocketchat import OK, OK_BODY, Behaviour, HostileRocketChat, answer, cut_after
 
 DEADLINE_SECONDS = 1.0  # DELIVERY_DEADLINE_SECONDS: the relay answers within it
@@ -70,22 +70,7 @@ def notification(name: str) -> bytes:
 
 
 def within(seconds: float, call, what: str):
-    """call() in a thread; fails the test when it takes longer than seconds (a hang), instead of hanging it."""
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["value"] = call()
-        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
-            outcome["error"] = error
-
-    worker = threading.Thread(target=run, name="alertmanager", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"{what} did not answer within {seconds} s (a hang)"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    return call_within(seconds, call, what)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ import codecs
 import json
 import re
 import sys
-import threading
 
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
@@ -28,6 +27,7 @@ from rcwebhook.app import create_app
 from rcwebhook.formatting import MAX_FULL_ALERTS, SEVERITY_ALIASES, validate_message
 from rcwebhook.safetext import utf16_units
 from tests.conftest import BASE_ENVIRON, REPO, RecordingClient
+from tests.helpers import call_within
 
 sys.path.insert(0, str(REPO))
 from mock_server import REJECT_MARKER, MockRocketChat  # noqa: E402
@@ -53,22 +53,8 @@ COMMON_SETTINGS = dict(
 # -- helpers --------------------------------------------------------------------------------------------------------
 
 def answer_in_time(call):
-    """The result of call(), made in a worker thread; fails the test when it takes longer than the bound (a hang)."""
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["value"] = call()
-        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
-            outcome["error"] = error
-
-    worker = threading.Thread(target=run, name="property-request", daemon=True)
-    worker.start()
-    worker.join(ANSWER_WITHIN_SECONDS)
-    assert not worker.is_alive(), f"POST /webhook did not answer within {ANSWER_WITHIN_SECONDS} s (a hang)"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    """The result of call(); fails the test when it takes longer than the bound (a hang)."""
+    return call_within(ANSWER_WITHIN_SECONDS, call, "POST /webhook")
 
 
 def post_webhook(test_client, data: bytes, content_type: str | None):

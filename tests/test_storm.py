@@ -25,7 +25,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import GUNICORN_COMMAND, REPO, ManagedProcess, free_port, relay_environ, run_to_exit, wait_until
+from tests.helpers import (
+    GUNICORN_COMMAND, REPO, ManagedProcess, free_port, relay_environ, run_to_exit, wait_until, wait_until_serving,
+)
 
 sys.path.insert(0, str(REPO))
 from mock_server import MockRocketChat  # noqa: E402
@@ -166,16 +168,9 @@ class StormRelay:
             return session.get(f"{self.base_url}{path}", timeout=timeout_seconds)
 
     def wait_ready(self) -> None:
-        def ready() -> bool:
-            if not self.process.running:
-                raise AssertionError(f"the relay exited with status {self.process.process.returncode} before it "
-                                     f"was ready; stderr:\n{self.log()}")
-            try:
-                return self.get("/ready", timeout_seconds=1.0).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(ready, READY_TIMEOUT_SECONDS, f"GET {self.base_url}/ready to answer 200")
+        with new_session() as session:
+            wait_until_serving(self.process, f"{self.base_url}/ready", READY_TIMEOUT_SECONDS, http=session,
+                               name="the relay")
 
     def stop(self) -> int:
         return self.process.stop(STOP_TIMEOUT_SECONDS)
