@@ -6,6 +6,7 @@ import sys
 
 from rcwebhook.cli import CONFIG_ERROR_EXIT_STATUS
 from rcwebhook.config import ConfigError, load_config, load_dotenv_from_working_directory
+from rcwebhook.routes_file import load_route_table
 from rcwebhook.server import BufferedThreadWorker, raise_open_file_limit
 
 # The .env of the working directory, as in the app; the real environment wins over it.
@@ -54,7 +55,8 @@ def on_starting(server):
             "Rocket.Chat's rate limit and de-duplication live in one process's memory (use threads to scale)"
         )
     try:
-        load_config(os.environ)
+        # The routes file too: a worker that failed to boot on it would halt gunicorn with its own status, not 2.
+        load_route_table(load_config(os.environ), os.environ)
     except ConfigError as error:
         _fail(error)
     # Raised here, in the master, so the worker it forks inherits the limit.

@@ -67,15 +67,27 @@ def _load(path: str, config: Config, environ: Mapping[str, str]) -> RouteTable:
     if not isinstance(document, dict):
         raise _Problem("", "must be a YAML mapping with destinations: and integrations:")
     _no_unknown_keys(document, TOP_LEVEL_KEYS, "")
+    # The conflicts first: a destination setting left in the environment is the likeliest mistake after an upgrade.
+    _check_environment_conflicts(environ, _url_variables_named(document))
     referenced_env: set[str] = set()
     templates = _templates(document.get("templates") or {})
     destinations = _destinations(_mapping(document, "destinations", ""), templates, config, environ, referenced_env)
     integrations = _integrations(_mapping(document, "integrations", ""), destinations, config, environ,
                                  referenced_env)
-    _check_environment_conflicts(environ, referenced_env)
     ordered = list(destinations.values())
     _check_shared_hooks(ordered)
     return RouteTable(destinations, integrations, hooks_named_by_destinations(ordered), path)
+
+
+def _url_variables_named(document: Mapping) -> set[str]:
+    """The variables the file's destinations name with url_env: (read before anything is validated)."""
+    named = set()
+    destinations = document.get("destinations")
+    for spec in destinations.values() if isinstance(destinations, dict) else ():
+        rocketchat = spec.get("rocketchat") if isinstance(spec, dict) else None
+        if isinstance(rocketchat, dict) and isinstance(rocketchat.get("url_env"), str):
+            named.add(rocketchat["url_env"].strip())
+    return named
 
 
 def _mapping(parent: Mapping, key: str, where: str) -> dict:

@@ -100,6 +100,15 @@ CONFIG_ERRORS = {
     "non-http ROCKETCHAT_WEBHOOK_CRITICAL": (
         {"ROCKETCHAT_WEBHOOK_CRITICAL": "ftp://chat.example.com/hooks/id/token"}, "ROCKETCHAT_WEBHOOK_CRITICAL"),
     "PORT=abc": ({"PORT": "abc"}, "PORT"),
+    # A routes file is checked as a whole before anything starts: the line names the file and the place in it.
+    "routes file naming an unknown destination": (
+        {**{f"ROCKETCHAT_WEBHOOK_{name}": None for name in ("CRITICAL", "WARNING", "INFO")},
+         "ROUTES_FILE": str(REPO / "tests" / "data" / "routes" / "unknown-destination.yml")},
+        "integrations.default.routes[0]: no destination named 'on-call'"),
+    "ROCKETCHAT_WEBHOOK_CRITICAL beside a routes file that does not use it": (
+        {"ROCKETCHAT_WEBHOOK_WARNING": None, "ROCKETCHAT_WEBHOOK_INFO": None,
+         "ROUTES_FILE": str(REPO / "routes.example.yml")},
+        "ROCKETCHAT_WEBHOOK_CRITICAL is set in the environment but the routes file does not use it"),
 }
 
 
