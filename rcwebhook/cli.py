@@ -32,12 +32,16 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="validate the environment (and .env), print each destination with its token redacted")
     action.add_argument("--render", metavar="BODY.json",
                         help="print the Rocket.Chat messages a webhook body would become, and where; no network")
-    action.add_argument("--routes-test", metavar="LABEL=VALUE", nargs="*",
-                        help="print the destinations an alert with these labels reaches (like amtool config routes "
-                        "test); no network")
+    action.add_argument("--routes-test", action="store_true",
+                        help="print the destinations an alert with the labels given (LABEL=VALUE ...) reaches, like "
+                        "amtool config routes test; no network")
     parser.add_argument("--integration", default=DEFAULT_INTEGRATION,
                         help="the integration whose routes --render and --routes-test use (default: default)")
-    return parser.parse_args(argv)
+    parser.add_argument("labels", nargs="*", metavar="LABEL=VALUE", help="the alert's labels, for --routes-test")
+    arguments = parser.parse_args(argv)
+    if arguments.labels and not arguments.routes_test:
+        parser.error("LABEL=VALUE arguments go with --routes-test")
+    return arguments
 
 
 def load_environment_config():
@@ -115,8 +119,8 @@ def run_command(argv: Sequence[str] | None = None) -> int | None:
             return check_config()
         if arguments.render:
             return render(arguments.render, arguments.integration)
-        if arguments.routes_test is not None:
-            return routes_test(arguments.routes_test, arguments.integration)
+        if arguments.routes_test:
+            return routes_test(arguments.labels, arguments.integration)
     except ConfigError as error:
         print(f"rocketchat-webhook: configuration error: {error}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_STATUS

@@ -306,3 +306,46 @@ def test_a_wrong_token_is_logged_once_per_integration_at_a_time_with_the_count_l
     lines = [record for record in caplog.records if "missing or wrong token (answered 401)" in record.getMessage()]
     assert len(lines) == 1 and lines[0].levelname == "WARNING" and "grafana-prod" in lines[0].getMessage()
     assert "guess-123" not in caplog.text  # what a client presented is never logged
+
+
+# -- the command-line tools ------------------------------------------------------------------------------------------
+
+
+def run_tool(tmp_path, *arguments):
+    from tests.test_operations import run_cli
+
+    return run_cli(*arguments, environ={**ENVIRON, "ROUTES_FILE": write(tmp_path, ROUTES)}, cwd=tmp_path)
+
+
+def test_routes_test_prints_the_destinations_labels_reach_like_amtool(tmp_path):
+    assert run_tool(tmp_path, "--routes-test", "team=payments").stdout.strip() == "payments,oncall"
+    assert run_tool(tmp_path, "--routes-test", "severity=p1").stdout.strip() == "oncall,oncall-copy"
+    assert run_tool(tmp_path, "--routes-test", "env=staging", "team=payments").stdout.strip() == "staging"
+    result = run_tool(tmp_path, "--routes-test", "--integration", "grafana-prod", "team=anything")
+    assert (result.returncode, result.stdout.strip()) == (0, "payments")
+    unknown = run_tool(tmp_path, "--routes-test", "--integration", "nope", "a=b")
+    assert unknown.returncode == 2 and "no integration named 'nope'" in unknown.stderr
+
+
+def test_check_config_prints_the_route_table_with_urls_redacted(tmp_path):
+    result = run_tool(tmp_path, "--check-config")
+    assert result.returncode == 0, result.stderr
+    for expected in ("integration grafana-prod: POST /webhook/grafana-prod, token set",
+                     "integration open-one: POST /webhook/open-one, OPEN (no token)",
+                     'route 1: team="payments" → payments, oncall',
+                     "destination payments: http://rocketchat.test/hooks/<redacted> (hook payments)",
+                     "destination oncall: http://rocketchat.test/hooks/<redacted> (hook oncall+oncall-copy), "
+                     "mention @here"):
+        assert expected in result.stdout
+    for secret in ("oncall-secret-token", "payments-secret-token", "am-token-1", "grafana-token-2"):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_render_uses_the_integrations_routes_and_templates(tmp_path):
+    alert_file = tmp_path / "alert.json"
+    alert_file.write_text(body(alert("PayDown", team="payments")))
+    result = run_tool(tmp_path, "--render", str(alert_file))
+    assert result.returncode == 0, result.stderr
+    rendered = {entry["destination"]: entry["message"] for entry in json.loads(result.stdout)}
+    assert set(rendered) == {"payments", "oncall+oncall-copy"}
+    assert rendered["payments"]["attachments"][0]["title"] == "PayDown for payments"
