@@ -41,3 +41,19 @@ def test_check_config_lists_every_setting_and_shows_no_secret():
     text = "\n".join(lines)
     assert "very-secret-token" not in text and "hook-secret" not in text
     assert "WEBHOOK_TOKEN = set" in text and "PORT = 9000" in text and "LOG_LEVEL = INFO (default)" in text
+
+
+def test_the_defaults_the_list_shows_are_the_ones_config_applies():
+    from rcwebhook.config import load_config
+
+    config = load_config({"ROCKETCHAT_WEBHOOK_DEFAULT": "http://rc/hooks/id/token"})
+    attributes = {"ROCKETCHAT_RATE_LIMIT": "rate_limit"}
+    checked = 0
+    for setting in SETTINGS:
+        attribute = attributes.get(setting.name, setting.name.lower())
+        if setting.default and hasattr(config, attribute):
+            value = getattr(config, attribute)
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            assert shown == setting.default, setting.name
+            checked += 1
+    assert checked >= 12
