@@ -53,6 +53,12 @@ class Exchange:
             if self.sock is not None:
                 _shut(self.sock)
 
+    def detach(self) -> bool:
+        """Forget the socket (the watchdog will not touch it after this); True when the deadline had passed."""
+        with self.lock:
+            self.sock = None
+            return self.expired
+
 
 def _shut(sock: socket.socket) -> None:
     """Wake a thread blocked on this socket: the blocked read returns, the exchange fails."""
@@ -107,37 +113,57 @@ WATCHDOG = Watchdog()
 
 
 class _WatchedConnection(HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        _attach_current(self)
+    def _new_conn(self) -> socket.socket:
+        # The plain TCP socket, before any TLS handshake or HTTPS_PROXY tunnel: those are inside the deadline too.
+        sock = super()._new_conn()
+        _attach_current(sock)
+        return sock
 
     def request(self, *args, **kwargs):  # type: ignore[override]
-        _attach_current(self)  # a pooled connection is connected already
+        _attach_current(self.sock)  # a pooled connection is connected already
         return super().request(*args, **kwargs)
 
 
 class _WatchedTLSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _attach_current(self)
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _attach_current(sock)
+        return sock
 
     def request(self, *args, **kwargs):  # type: ignore[override]
-        _attach_current(self)
+        _attach_current(self.sock)
         return super().request(*args, **kwargs)
 
 
-def _attach_current(connection: HTTPConnection) -> None:
+def _attach_current(sock: socket.socket | None) -> None:
     exchange = WATCHDOG.current()
     if exchange is not None:
-        exchange.attach(connection.sock)
+        exchange.attach(sock)
+
+
+def _release_current(connection) -> None:
+    """The connection goes back to the pool (urllib3 does that inside the read of the answer's last byte): from
+    here the watchdog must never shut its socket, which another hook's post may take next. A connection whose
+    exchange already expired is closed instead: its socket may have been shut."""
+    exchange = WATCHDOG.current()
+    if exchange is not None and exchange.detach() and connection is not None:
+        connection.close()
 
 
 class _WatchedPool(HTTPConnectionPool):
     ConnectionCls = _WatchedConnection
 
+    def _put_conn(self, conn) -> None:
+        _release_current(conn)
+        super()._put_conn(conn)
+
 
 class _WatchedTLSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedTLSConnection
+
+    def _put_conn(self, conn) -> None:
+        _release_current(conn)
+        super()._put_conn(conn)
 
 
 class WatchedAdapter(HTTPAdapter):

@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 import requests
 
 from .bounded_http import AnswerTooLarge, DeadlineExceeded, WatchedAdapter, bounded_post
-from .outcome import SCRIPT_ERROR_MARKER, Outcome, PostResult
+from .outcome import Outcome, PostResult
 from .redact import Redactor
 
 # A little above a multiple of 3 s, the TCP retransmission interval (requests' documented advice).
@@ -22,6 +22,8 @@ EXCHANGE_TIMEOUT_SECONDS = 5.0
 # Rocket.Chat answers a webhook with well under 1 KiB of JSON; anything far larger is not its answer.
 MAX_ANSWER_BYTES = 1024 * 1024
 REASON_MAX_CHARS = 300
+# Rocket.Chat's "error-running-script": the hook's script failed, maybe on one alert of a merged post only.
+SCRIPT_ERROR_MARKER = "error-running-script"
 # Errors that no change of content can fix (rocketchat-contract.md): they need an operator, so no fallback is tried.
 PERMANENT_ERROR_MARKERS = (
     "invalid-channel",
@@ -244,6 +246,7 @@ class RocketChatClient:
             wait,
             int(remaining) if remaining is not None and 0 <= remaining < 2**31 else None,
             reset_seconds,
+            content_dependent=SCRIPT_ERROR_MARKER in reason,  # a script may fail on one alert of a merged post
         )
 
     def close(self) -> None:

@@ -43,6 +43,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TRUE_WORDS = ("1", "true", "yes", "on")
 
 
+# A URL's path or last segment shorter than this is not redacted on its own (the whole URL always is).
+MIN_SECRET_CHARS = 6
+
+
 class ConfigError(Exception):
     """A setting is missing or wrong; the message names the variable and never repeats a secret value."""
 
@@ -107,11 +111,14 @@ class Config:
 def secret_parts_of_url(url: str) -> list[str]:
     """The URL itself and the pieces that grant posting: its path and the token (the path's last segment)."""
     parsed = urllib.parse.urlsplit(url)
-    parts = [url, parsed.path]
+    parts = [url]
     segments = [segment for segment in parsed.path.split("/") if segment]
     # /hooks/<integrationId>/<token> (or the legacy /hooks/<id>/<userId>/<token>): the token grants posting.
-    # The integration id alone does not, and stays readable in logs.
-    if len(segments) >= 2:
+    # The integration id alone does not, and stays readable in logs. A path or segment too short to be a token
+    # ("/", "/x") is not taken as one: redacting it would blank every slash or letter x of every log line.
+    if len(parsed.path) >= MIN_SECRET_CHARS:
+        parts.append(parsed.path)
+    if len(segments) >= 2 and len(segments[-1]) >= MIN_SECRET_CHARS:
         parts.append(segments[-1])
     if parsed.password:
         parts.append(parsed.password)
@@ -142,7 +149,10 @@ def _webhook_url(environ: Mapping[str, str], name: str) -> str:
     url = _read_setting(environ, name)
     if not url:
         return ""
-    parsed = urllib.parse.urlsplit(url)
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        raise ConfigError(f"{name} is not a URL that can be read (value not shown: it holds a token)") from None
     # The value is not repeated in the error: it carries the hook's token.
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigError(f"{name} must be an http:// or https:// URL with a host (value not shown: it holds a token)")

@@ -21,7 +21,8 @@ logger = logging.getLogger("rcwebhook.delivery")
 # A worker's waits are cut into slices no longer than this: it re-reads its queue after each, and no wait, however
 # far ahead a due time lies, can overflow threading's timeout (an OverflowError once killed a hook's worker).
 MAX_WAIT_SLICE_SECONDS = 30.0
-# A post's whole exchange gets at least this long, even when the requests waiting for it have less time left.
+# A post's whole exchange gets at least this long (and a third of the delivery deadline), whatever the waiting
+# requests have left.
 MIN_EXCHANGE_SECONDS = 0.5
 # After an internal error a worker pauses (doubling, up to the cap) and carries on with its queue intact; this many
 # in a row without a clean round marks it unhealthy, so /health turns 503 and a liveness probe restarts the process.
@@ -85,10 +86,14 @@ class Dispatcher:
         with self.condition:
             for hook in hooks:
                 queue = self.queues.get(hook.url)
-                if queue is not None:
-                    queue.destination = hook  # a new name after a reload; same URL, same budget
-                    continue
                 rate_limit = getattr(hook, "rate_limit", None) or self.config.rate_limit
+                if queue is not None:
+                    # After a reload: maybe a new name or rate limit; the same URL keeps its queue, attempts and
+                    # memory.
+                    queue.destination = hook
+                    queue.budget.limit = rate_limit
+                    queue.on_group_forgotten = self.metrics.groups_forgotten.labels(hook.name).inc
+                    continue
                 self.queues[hook.url] = HookQueue(
                     hook, rate_limit, self.config.dedup_window_seconds,
                     max_tracked_groups=self.config.max_tracked_groups,
@@ -130,6 +135,7 @@ class Dispatcher:
             for url, thread in self.workers.items():
                 if not thread.is_alive():
                     logger.error("the post worker for %s had stopped; restarted it", self.queues[url].destination)
+                    self.queues[url].requeue_in_flight(self.clock())  # what it was posting goes first again
                     self._start_worker(url)
             return [
                 self.queues[url].destination.name for url, thread in self.workers.items()
@@ -226,7 +232,8 @@ class Dispatcher:
             while self.running:
                 now = self.clock()
                 due = queue.due_at(now)
-                self.internal_errors_in_a_row[queue.destination.url] = 0  # a clean look at the queue
+                if due is None:
+                    self.internal_errors_in_a_row[queue.destination.url] = 0  # nothing to do, and nothing failing
                 if due is not None and due <= now:
                     if held_since is not None:
                         self.metrics.rate_limit_wait.labels(queue.destination.name).inc(now - held_since)
@@ -243,7 +250,7 @@ class Dispatcher:
             try:
                 if not self._work_one_round(queue):
                     return
-                self.internal_errors_in_a_row[url] = 0
+                self.internal_errors_in_a_row[url] = 0  # a whole round went well
             except Exception:  # noqa: BLE001 - a worker that dies would silently stop a channel's alerts
                 errors = self.internal_errors_in_a_row[url] = self.internal_errors_in_a_row[url] + 1
                 self.metrics.internal_errors.labels("post_worker").inc()
@@ -260,17 +267,17 @@ class Dispatcher:
                     self.condition.wait(pause)
 
     def _exchange_seconds(self, batch: Batch) -> float:
-        """The time a post may take: what its waiting requests have left (the client caps it at its own bound).
+        """The time a post may take: what its waiting requests have left, and never less than a third of the
+        delivery deadline (2.7 s at 8 s), which the client caps at its own bound (5 s).
 
-        When no request waits any more (all were answered 503 and their re-sends have not come yet), a quarter of
-        the delivery deadline: long enough for a slow Rocket.Chat, short enough that a request arriving meanwhile
-        is not held behind an attempt hanging on a broken server. A re-send that joins the work brings its own time.
+        The floor matters: a post cut after Rocket.Chat took it is posted again, so a slow Rocket.Chat must get the
+        time to answer even when the request that waits for it is nearly out of time (its answer is enforced where
+        it waits). A request arriving meanwhile is held at most that long behind an attempt hanging on a broken
+        server.
         """
         now = self.clock()
         left = max((job.answer_by - now for job in batch.jobs if job.answer_by is not None), default=0.0)
-        if left <= 0:
-            left = self.delivery_deadline_seconds / 4
-        return max(MIN_EXCHANGE_SECONDS, left)
+        return max(MIN_EXCHANGE_SECONDS, self.delivery_deadline_seconds / 3, left)
 
     def _work_one_round(self, queue: HookQueue) -> bool:
         """Post one batch and apply the answer; False once the dispatcher stopped."""
@@ -294,7 +301,7 @@ class Dispatcher:
                 finished = queue.finish(batch, result, self.clock())
             except Exception:  # noqa: BLE001 - the batch goes back to the queue rather than vanish with it
                 logger.exception("internal error after posting to %s; the notifications stay queued", name)
-                queue.requeue_in_flight(self.clock())
+                queue.requeue_in_flight(self.clock(), batch)
                 finished = []
             for job in finished:
                 self.queued_bytes -= job.size_bytes

@@ -35,6 +35,8 @@ STALE_FIRING_SECONDS = 10.0
 FORGET_INTERVAL_SECONDS = 5.0
 # Groups remembered for de-duplication when no bound is given (MAX_TRACKED_GROUPS).
 DEFAULT_MAX_TRACKED_GROUPS = 50_000
+# When MAX_TRACKED_GROUPS is reached, how many of the oldest groups are looked at for a finished one to forget.
+FORGET_SCAN_LIMIT = 64
 # 128-bit digests: a collision between two different notifications is out of reach (2**64 of them for even odds).
 DIGEST_BYTES = 16
 
@@ -225,11 +227,23 @@ class HookQueue:
         self.latest_by_group.pop(group, None)  # inserted anew at the end: the dict stays in submission order
         self.latest_by_group[group] = job
         while len(self.latest_by_group) > self.max_tracked_groups:
-            # The oldest first; a job still queued is posted all the same, only a repeat of it would not be joined.
-            del self.latest_by_group[next(iter(self.latest_by_group))]
+            self._forget_oldest_group()
             self.on_group_forgotten()
         self.waiting.append(job)
         return job, False
+
+    def _forget_oldest_group(self) -> None:
+        """The oldest finished group first: a job still queued or in flight is kept while any finished one can go
+        (forgetting it would let an HA peer's copy be posted twice). Only the oldest few are looked at."""
+        oldest = None
+        for scanned, (group, entry) in enumerate(self.latest_by_group.items()):
+            oldest = oldest or group
+            if entry.finished:
+                del self.latest_by_group[group]
+                return
+            if scanned >= FORGET_SCAN_LIMIT:
+                break
+        del self.latest_by_group[oldest]
 
     def _expired(self, entry: Job | FinishedGroup, now: float) -> bool:
         """Finished longer ago than the de-duplication window (counted from delivery)."""
@@ -282,6 +296,7 @@ class HookQueue:
         else:
             batch = Batch(tuple(self.waiting))
             self.waiting.clear()
+        self.in_flight = batch  # first: after an internal error below, requeue_in_flight() puts it back
         for job in batch.jobs:
             job.state = JobState.IN_FLIGHT
         batch.parts = self._fresh_parts(batch.jobs, now)
@@ -354,11 +369,15 @@ class HookQueue:
         )
         return self._complete(batch, JobState.REFUSED, result.status, result.reason, now)
 
-    def requeue_in_flight(self, now: float) -> None:
-        """Put the batch in flight back at the front after an internal error, and pause a little."""
-        if self.in_flight is not None:
-            batch, self.in_flight = self.in_flight, None
-            self._requeue(batch)
+    def requeue_in_flight(self, now: float, batch: Batch | None = None) -> None:
+        """Put the batch in flight (or the one given, which finish() may have let go of) back at the front after an
+        internal error, and pause a little. Jobs that finished meanwhile stay finished."""
+        batch = batch if batch is not None else self.in_flight
+        self.in_flight = None
+        if batch is not None:
+            unfinished = tuple(job for job in batch.jobs if not job.finished)
+            if unfinished:
+                self._requeue(Batch(unfinished, alone=batch.alone))
             self.retry_at = now + BACKOFF_CAP_SECONDS
 
     def _back_off(self, result: PostResult, now: float) -> None:

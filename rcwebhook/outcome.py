@@ -5,10 +5,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-# Rocket.Chat's "error-running-script": the hook's script failed, maybe on one alert of a merged post only.
-SCRIPT_ERROR_MARKER = "error-running-script"
-
-
 class Outcome(enum.Enum):
     DELIVERED = "delivered"
     CONTENT_REFUSED = "content_refused"  # a different content (the plain-text version) may be accepted
@@ -27,8 +23,10 @@ class PostResult:
     wait_seconds: float | None = None  # how long Rocket.Chat asked us to wait (429)
     rate_limit_remaining: int | None = None  # X-RateLimit-Remaining
     rate_limit_reset_seconds: float | None = None  # X-RateLimit-Reset, as seconds from now
+    # A refusal that a different content may avoid, so the core splits a merged post before giving up on it: every
+    # content refusal, and what the channel says depends on content (a hook's script failing on one alert).
+    content_dependent: bool = False
 
-    @property
-    def content_dependent(self) -> bool:
-        """A refusal that a different content may avoid (a hook's script can fail on one alert of a merged post)."""
-        return self.outcome is Outcome.CONTENT_REFUSED or SCRIPT_ERROR_MARKER in self.reason
+    def __post_init__(self) -> None:
+        if self.outcome is Outcome.CONTENT_REFUSED:
+            object.__setattr__(self, "content_dependent", True)

@@ -121,8 +121,8 @@ class Relay:
         self.waiting_slots = threading.BoundedSemaphore(config.max_waiting_requests)
         self.processing_slots = threading.BoundedSemaphore(PROCESSING_THREADS)
         self.answer_within_seconds = answer_within_seconds(config.delivery_deadline_seconds)
-        self.table = table
-        self.tokens: dict[str, TokenSource] = {}
+        # The table and its integrations' tokens, swapped together as one reference by a reload.
+        self._state: tuple[RouteTable, dict[str, TokenSource]] = (table, {})
         self.failed_auth = FailedAuthLimiter()
         self._throttle_logged_at = -FAILED_AUTH_LOG_INTERVAL_SECONDS
         self._refusals_logged: dict[str, tuple[float, int]] = {}  # integration → (last logged, left out since)
@@ -143,7 +143,11 @@ class Relay:
         }
         self.metrics.prime(hook.name for hook in table.hooks.values())
         self.metrics.prime_integrations(table.integrations)
-        self.tokens, self.table = tokens, table  # each a single reference swap: a request sees one table or the other
+        self._state = (table, tokens)  # one reference: a request sees the old table and tokens, or the new ones
+
+    @property
+    def table(self) -> RouteTable:
+        return self._state[0]
 
     def announce(self) -> None:
         """The start-up lines: the route table (URLs redacted), the bounds, and every integration left open."""
@@ -165,7 +169,7 @@ class Relay:
 
     def accepts(self, integration: str, presented: list[str]) -> bool:
         """Constant-time check of the presented secrets against the integration's tokens; open without one."""
-        tokens = self.tokens.get(integration)
+        tokens = self._state[1].get(integration)
         if tokens is None:
             return False
         if not tokens.enabled:
@@ -298,6 +302,8 @@ class Relay:
                 extra["hint"] = JSON_HINT
             return error_answer(error.status, error.message, **extra)
         table = self.table  # one table for the whole body, even if a reload lands meanwhile
+        if integration not in table.integrations:  # removed by a reload since the request was let in
+            return error_answer(404, "unknown integration")
         severity_label = table.integrations[integration].severity_label
         log_alerts(notification, severity_label, integration)
         for alert in notification.alerts:

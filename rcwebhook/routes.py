@@ -51,11 +51,13 @@ class RouteDestination:
 
 @dataclass(frozen=True)
 class AlertLook:
-    """How one alert is shown: by the destination that its route chose, for the integration that received it."""
+    """How one alert is shown on one hook: as the first destination its routes chose there, for the integration
+    that received it, with the mentions of every destination that reached that hook (any of them may page)."""
 
     destination: RouteDestination
     integration: str
     severity_label: str
+    mentions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,15 +118,15 @@ class RouteTable:
             destination.url: ([], []) for destination in self.destinations.values()
         }
         for alert in notification.alerts:
-            seen_urls: set[str] = set()
+            reached_by_url: dict[str, list[RouteDestination]] = {}
             for name in destinations_for(integration, alert.labels):
                 destination = self.destinations[name]
-                if destination.url in seen_urls:
-                    continue
-                seen_urls.add(destination.url)
-                alerts, looks = by_url[destination.url]
+                reached_by_url.setdefault(destination.url, []).append(destination)
+            for url, reached in reached_by_url.items():
+                alerts, looks = by_url[url]
                 alerts.append(alert)
-                looks.append(AlertLook(destination, integration.name, integration.severity_label))
+                mentions = tuple(dict.fromkeys(item.mention for item in reached if item.mention))
+                looks.append(AlertLook(reached[0], integration.name, integration.severity_label, mentions))
         return [
             Part(self.hooks[url], tuple(alerts), tuple(looks)) for url, (alerts, looks) in by_url.items() if alerts
         ]

@@ -16,6 +16,7 @@ from .formatting import SEVERITY_ALIASES
 from .matchers import MatcherError, parse_matchers
 from .model import UNKNOWN_SEVERITY
 from .pacing import parse_rate_limit
+from .redact import Redactor
 from .routes import (DEFAULT_INTEGRATION, Integration, Route, RouteDestination, RouteTable,
                      hooks_named_by_destinations, table_from_environment)
 
@@ -57,7 +58,9 @@ def _load(path: str, config: Config, environ: Mapping[str, str]) -> RouteTable:
 
     try:
         with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
+            document = yaml.load(handle, Loader=_loader_refusing_duplicate_keys(yaml))  # noqa: S506 - SafeLoader
+    except _DuplicateKey as duplicate:
+        raise _Problem(duplicate.where, f"{duplicate.key!r} is given twice (YAML would keep only the last)") from None
     except OSError as error:
         raise _Problem("", f"cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
@@ -77,6 +80,35 @@ def _load(path: str, config: Config, environ: Mapping[str, str]) -> RouteTable:
     ordered = list(destinations.values())
     _check_shared_hooks(ordered)
     return RouteTable(destinations, integrations, hooks_named_by_destinations(ordered), path)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, where: str):
+        super().__init__(key)
+        self.key, self.where = key, where
+
+
+def _loader_refusing_duplicate_keys(yaml):
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error: two destinations or two
+    integrations of one name would otherwise load as the last one alone, silently."""
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str) and key in seen:
+                    mark = key_node.start_mark
+                    raise _DuplicateKey(_redacted(key), f"line {mark.line + 1}")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def _redacted(text: str) -> str:
+    """A text from the file as a message may show it: any URL (it may hold a hook's token) removed."""
+    return Redactor(strip_urls=True)(text)[:200]
 
 
 def _url_variables_named(document: Mapping) -> set[str]:
@@ -99,14 +131,16 @@ def _mapping(parent: Mapping, key: str, where: str) -> dict:
 
 
 def _no_unknown_keys(value: Mapping, allowed: set[str], where: str) -> None:
-    unknown = sorted(str(key) for key in value if key not in allowed)
+    # Shown without URLs: a mistyped "rocketchat: {https://chat/hooks/ID/TOKEN}" makes the URL a key.
+    unknown = sorted(_redacted(str(key)) for key in value if key not in allowed)
     if unknown:
         raise _Problem(where or "top level", f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
 
 
 def _name(name: object, where: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise _Problem(where, f"{name!r} is not a usable name (letters, digits, '.', '_', '-'; at most 64)")
+        shown = _redacted(str(name))
+        raise _Problem(where, f"{shown!r} is not a usable name (letters, digits, '.', '_', '-'; at most 64)")
     return name
 
 
@@ -186,7 +220,10 @@ def _destinations(section: Mapping, templates: Mapping, config: Config, environ:
 
 
 def _check_url(url: str, where: str) -> None:
-    parsed = urllib.parse.urlsplit(url)
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        raise _Problem(where, "is not a URL that can be read (value not shown: it holds a token)") from None
     # The value is never repeated: it carries the hook's token.
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise _Problem(where, "must be an http:// or https:// URL with a host (value not shown: it holds a token)")

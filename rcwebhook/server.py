@@ -19,6 +19,7 @@ import errno
 import logging
 import resource
 import selectors
+import signal
 import socket
 import time
 from concurrent import futures
@@ -178,6 +179,13 @@ class BufferedThreadWorker(ThreadWorker):
                 + "; counted since the previous such line, at most one a minute")
 
     # -- the event loop --
+    def init_signals(self) -> None:
+        """gunicorn resets SIGHUP to its default (terminate) here; the relay's handler (reload the routes) comes
+        only once the app is loaded (post_worker_init). Until then a HUP, which the master passes on for a
+        `systemctl reload`, is ignored instead of killing the worker while it boots."""
+        super().init_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
     def run(self) -> None:
         if not self.buffering:
             return super().run()

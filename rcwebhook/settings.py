@@ -98,7 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REQUESTS_CA_BUNDLE", "system CAs", "a CA bundle for a self-hosted Rocket.Chat with a private CA",
             OUTBOUND, example="/etc/ssl/certs/internal-ca.pem", read_by="requests"),
     Setting("HTTPS_PROXY", "", "an outbound proxy to Rocket.Chat (`HTTP_PROXY` and `NO_PROXY` likewise)", OUTBOUND,
-            example="http://proxy.internal:3128", read_by="requests"),
+            secret=True, example="http://proxy.internal:3128", read_by="requests"),
 )
 SETTING_NAMES = tuple(setting.name for setting in SETTINGS)
 

@@ -200,3 +200,107 @@ def test_a_gzip_answer_within_the_cap_is_read():
     result = RocketChatClient().post(url, {"text": "x"}, timeout_seconds=5)
     thread.join(5)
     assert result.outcome is Outcome.DELIVERED
+
+
+def test_a_proxy_that_drips_its_tunnel_answer_holds_a_post_no_longer_than_its_bound(monkeypatch):
+    import threading
+    import time
+
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(1)
+    stop = threading.Event()
+
+    def drip_connect_answer():
+        connection, _ = proxy.accept()
+        with connection:
+            connection.recv(4096)
+            for byte in b"HTTP/1.1 200 Connection established\r\n\r\n":
+                if stop.wait(0.3):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=drip_connect_answer, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    started = time.monotonic()
+    try:
+        result = RocketChatClient().post("https://rocketchat.invalid/hooks/id/token", {"text": "x"}, timeout_seconds=1)
+    finally:
+        stop.set()
+        proxy.close()
+    assert result.outcome is Outcome.TRANSIENT
+    assert time.monotonic() - started < 3  # the tunnel's dripped answer would take 12 s
+
+
+def test_a_deadline_passing_as_the_answer_ends_never_cuts_the_next_post_on_that_pooled_connection(monkeypatch):
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    from rcwebhook import bounded_http
+
+    posted = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def do_POST(self):
+            posted.append(self.rfile.read(int(self.headers["Content-Length"])))
+            if posted[-1] == b"second":
+                time.sleep(0.6)  # the first exchange's 0.3 s deadline passes while this one waits for its answer
+            answer_body = b'{"success":true}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer_body)))
+            self.end_headers()
+            self.wfile.write(answer_body)
+
+        def log_message(self, *arguments):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/hooks/x/y"
+    session = requests.Session()
+    session.mount("http://", bounded_http.WatchedAdapter(pool_connections=1, pool_maxsize=1, max_retries=0))
+    first_answered, second_done = threading.Event(), threading.Event()
+    original_read = bounded_http.read_capped
+
+    def read_then_linger(response, cap):
+        content = original_read(response, cap)  # at the last byte urllib3 put the connection back in the pool
+        if threading.current_thread().name == "first":
+            first_answered.set()
+            second_done.wait(5)  # the first exchange's deadline passes meanwhile, while the second uses the socket
+        return content
+
+    monkeypatch.setattr(bounded_http, "read_capped", read_then_linger)
+    results = {}
+
+    def post(name, total_seconds):
+        try:
+            results[name] = bounded_http.bounded_post(session, url, name.encode(), headers={},
+                                                      connect_timeout_seconds=1, total_timeout_seconds=total_seconds,
+                                                      max_answer_bytes=1000).status
+        except Exception as error:  # noqa: BLE001 - recorded for the assertion
+            results[name] = type(error).__name__
+        if name == "second":
+            second_done.set()
+
+    first = threading.Thread(target=post, args=("first", 0.3), name="first")
+    first.start()
+    first_answered.wait(5)
+    second = threading.Thread(target=post, args=("second", 5), name="second")
+    second.start()
+    for thread in (first, second):
+        thread.join(10)
+    server.shutdown()
+    assert results == {"first": 200, "second": 200}
+    assert posted == [b"first", b"second"]  # each posted once: nothing was cut and retried

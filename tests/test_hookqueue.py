@@ -14,7 +14,7 @@ from rcwebhook.pacing import WAIT_MARGIN_SECONDS, PostBudget, parse_rate_limit
 HOOK = Destination("critical", "http://rc/hooks/id/critical-token")
 OK = PostResult(Outcome.DELIVERED, 200, "")
 SERVER_ERROR = PostResult(Outcome.TRANSIENT, 500, "HTTP 500")
-SCRIPT_FAILED = PostResult(Outcome.PERMANENT, 400, "error-running-script")
+SCRIPT_FAILED = PostResult(Outcome.PERMANENT, 400, "error-running-script", content_dependent=True)  # as the client says
 TOO_BIG = PostResult(Outcome.CONTENT_REFUSED, 400, "error-message-size-exceeded")
 WRONG_CHANNEL = PostResult(Outcome.PERMANENT, 400, "invalid-channel")
 # The relay's real defaults: Rocket.Chat's 10 posts per 60 s, answered within the 8 s deadline (minus 0.2 s margin).
@@ -455,3 +455,30 @@ def test_a_finished_group_is_remembered_by_digests_not_by_its_notification():
     [(group, remembered)] = queue.latest_by_group.items()
     assert len(group) == 16 and len(remembered.dedup_key) == 16
     assert not hasattr(remembered, "notification")
+
+
+def test_at_the_cap_a_finished_group_is_forgotten_before_one_still_queued():
+    queue = HookQueue(HOOK, parse_rate_limit("0"), 300.0, jitter=lambda: 1.0, max_tracked_groups=2)
+    queued = job(alert(fingerprint="f0"), group_key="g0")
+    queue.submit(queued, 0.0)  # the oldest, still queued
+    queue.submit(job(alert(fingerprint="f1"), group_key="g1"), 1.0)
+    queue.take_batch(1.0)
+    queue.finish(queue.in_flight, OK, 1.0)  # both delivered; then g0's repeat arrives again, queued anew
+    queue.submit(job(alert(fingerprint="f9"), group_key="g0"), 2.0)
+    queue.submit(job(alert(fingerprint="f2"), group_key="g2"), 3.0)  # past the cap of 2
+    # g1 (finished, oldest) went; g0's queued repeat is still there to be joined by an HA peer's copy.
+    assert queue.submit(job(alert(fingerprint="f9"), group_key="g0"), 3.5)[1] is True
+
+
+def test_an_internal_error_while_taking_a_batch_loses_no_job():
+    queue = make_queue()
+    first = job(alert(fingerprint="f1"), group_key="g1")
+    queue.submit(first, 0.0)
+    original = queue._fresh_parts
+    queue._fresh_parts = lambda jobs, now: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        queue.take_batch(0.0)
+    queue._fresh_parts = original
+    queue.requeue_in_flight(0.0)
+    post_once(queue, queue.due_at(0.0), OK)
+    assert first.state == JobState.DELIVERED

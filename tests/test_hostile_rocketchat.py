@@ -31,7 +31,7 @@ from tests.helpers import call_within, wait_until
 from tests.hostile_rocketchat import OK, OK_BODY, Behaviour, HostileRocketChat, answer, cut_after
 
 DEADLINE_SECONDS = 1.0  # DELIVERY_DEADLINE_SECONDS: the relay answers within it
-HOLD_DEADLINE_SECONDS = 2.0  # the same where a later alert must get through while the first attempt hangs
+HOLD_DEADLINE_SECONDS = 3.0  # the same where a later alert must get through while the first attempt hangs
 RATE_LIMIT = "10/1s"  # ROCKETCHAT_RATE_LIMIT: a short window, so a capped wait is short too
 WINDOW_SECONDS = 1.0
 # A Retry-After above this is not sane here: the window plus a margin that also covers the relay's own backoff

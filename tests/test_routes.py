@@ -349,3 +349,71 @@ def test_render_uses_the_integrations_routes_and_templates(tmp_path):
     rendered = {entry["destination"]: entry["message"] for entry in json.loads(result.stdout)}
     assert set(rendered) == {"payments", "oncall+oncall-copy"}
     assert rendered["payments"]["attachments"][0]["title"] == "PayDown for payments"
+
+
+def test_a_mention_of_any_destination_sharing_the_url_is_kept(tmp_path, fake_rocketchat):
+    routes = textwrap.dedent(f"""
+        destinations:
+          payments: {{rocketchat: {{url: {ONCALL_URL}}}}}
+          oncall: {{rocketchat: {{url: {ONCALL_URL}}}, mention: "@here"}}
+        integrations:
+          default:
+            routes: [{{destinations: [payments, oncall]}}]
+    """)
+    application = create_app({"ROUTES_FILE": write(tmp_path, routes)}, client=fake_rocketchat)
+    try:
+        assert application.test_client().post("/webhook", data=body(alert("Paging"))).status_code == 200
+        [(_, message)] = fake_rocketchat.posts
+        assert message["text"].startswith("@here [FIRING:1] Paging")
+    finally:
+        application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)
+
+
+def test_each_alert_a_template_fails_on_is_counted_and_the_others_keep_the_template(tmp_path, fake_rocketchat):
+    routes = MINIMAL.replace("a: {rocketchat", "a: {template: ratio, rocketchat") + textwrap.dedent("""
+        templates:
+          ratio:
+            title: "{{ labels.alertname }}: {{ 100 // (labels.divisor | default(1) | int) }} %"
+    """)
+    application = create_app({"ROUTES_FILE": write(tmp_path, routes)}, client=fake_rocketchat)
+    try:
+        client = application.test_client()
+        answer = client.post("/webhook", data=body(alert("B1", divisor="0"), alert("Fine", divisor="2"),
+                                                   alert("B2", divisor="0")))
+        assert answer.status_code == 200
+        [(_, message)] = fake_rocketchat.posts
+        titles = sorted(attachment["title"] for attachment in message["attachments"])
+        assert titles == ["FIRING: B1", "FIRING: B2", "Fine: 50 %"]
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'rocketchat_webhook_template_failures_total{template="ratio"} 2.0' in metrics
+    finally:
+        application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (MINIMAL.replace("destinations:\n", "destinations:\n  a: {rocketchat: {url: http://rc/hooks/id/secret-b}}\n"),
+     "'a' is given twice"),
+    (MINIMAL.replace("{url: http://rc/hooks/id/secret-a}", "{https://rc/hooks/id/secret-a}"),
+     "destinations.a.rocketchat: unknown key(s) <url>"),
+    (MINIMAL.replace("{url: http://rc/hooks/id/secret-a}", "{url: 'https://[rc/hooks/id/secret-a'}"),
+     "destinations.a.rocketchat: is not a URL that can be read"),
+])
+def test_mistakes_that_would_be_silent_or_leak_are_refused_without_the_secret(tmp_path, text, message):
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, text)
+    assert message in str(refused.value)
+    assert "secret-a" not in str(refused.value) and "secret-b" not in str(refused.value)
+
+
+def test_a_reload_applies_a_new_rate_limit_to_the_url_it_keeps(tmp_path, fake_rocketchat):
+    path = write(tmp_path, MINIMAL)
+    application = create_app({"ROUTES_FILE": path}, client=fake_rocketchat)
+    try:
+        dispatcher = application.extensions["rcwebhook.dispatcher"]
+        [queue] = dispatcher.queues.values()
+        assert str(queue.budget.limit) == "10/60s"
+        (tmp_path / "routes.yml").write_text(MINIMAL.replace("a: {rocketchat", "a: {rate_limit: 30/60s, rocketchat"))
+        assert application.extensions["rcwebhook.reloader"].reload() is True
+        assert list(dispatcher.queues.values()) == [queue] and str(queue.budget.limit) == "30/60s"
+    finally:
+        application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)

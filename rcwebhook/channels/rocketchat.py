@@ -7,6 +7,7 @@ Rocket.Chat's answer.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from ..attachments import AttachmentLimits
@@ -84,7 +85,7 @@ class RocketChatChannel:
               group_count: int) -> dict:
         templated = [look for look in looks.values() if look.destination.template is not None]
         contexts: dict[int, dict] = {}  # the notification's context once per template look, shared by its alerts
-        failed: set[int] = set()  # templates that failed on this message: the rest of its alerts get the built-in
+        failed: set[str] = set()  # templates whose failure on this message was logged
 
         def notification_context_for(look) -> dict:
             from ..templates import notification_context
@@ -102,8 +103,8 @@ class RocketChatChannel:
             headline = self._headline(templated[0], notification_context_for, failed)
 
         def decorate(alert: Alert, attachment: dict, limits: AttachmentLimits) -> dict:
-            look = looks.get(alert_identity(alert))
-            if look is None or look.destination.template is None or id(look.destination.template) in failed:
+            look = look_for(looks, alert)
+            if look is None or look.destination.template is None:
                 return attachment
             return self._templated_attachment(look, alert, notification, attachment, limits,
                                               notification_context_for, failed)
@@ -120,8 +121,7 @@ class RocketChatChannel:
         try:
             text = template.render_headline(notification_context_for(look))
         except TemplateRenderError as error:
-            failed.add(id(template))
-            self._template_failed(template.name, "headline", error)
+            self._template_failed(template.name, "headline", error, failed)
             return None
         if not text:
             return None
@@ -138,8 +138,7 @@ class RocketChatChannel:
                                     severity_label=look.severity_label, base_context=notification_context_for(look))
             parts = template.render_alert_parts(context)
         except TemplateRenderError as error:
-            failed.add(id(template))
-            self._template_failed(template.name, "alert", error)
+            self._template_failed(template.name, "alert", error, failed)
             return attachment
         decorated = dict(attachment)
         if parts.title:
@@ -160,11 +159,24 @@ class RocketChatChannel:
             decorated["fields"] = [*attachment.get("fields", []), *extra_fields]
         return decorated
 
-    def _template_failed(self, name: str, part: str, error: Exception) -> None:
-        # The alert is not lost: it gets the built-in layout. One line per failure names the template.
-        logger.error("template %r failed on an alert's %s (%s); that alert gets the built-in layout", name, part,
-                     one_line(str(error))[:300])
+    def _template_failed(self, name: str, part: str, error: Exception, logged: set) -> None:
+        """The alert is not lost: only it (or only the headline) gets the built-in layout. Each failure is counted;
+        one ERROR line per template and message names it (a storm of alerts must not flood the log)."""
+        if name not in logged:
+            logged.add(name)
+            logger.error("template %r failed on an alert's %s (%s); that alert gets the built-in layout", name, part,
+                         one_line(str(error))[:300])
         self.on_template_error(name)
+
+
+def look_for(looks: dict, alert: Alert):
+    """The alert's look; merging gives an alert without a fingerprint its group's alertname, which changes its
+    identity, so the identity it had before is tried too."""
+    look = looks.get(alert_identity(alert))
+    if look is None and not alert.fingerprint and "alertname" in alert.labels:
+        labels = {name: value for name, value in alert.labels.items() if name != "alertname"}
+        look = looks.get(alert_identity(replace(alert, labels=labels)))
+    return look
 
 
 def _looks_by_alert(batch: Batch) -> dict:
@@ -185,8 +197,9 @@ def _mentions(alerts: Sequence[Alert], looks: dict, options: FormatOptions) -> l
     firing.sort(key=lambda alert: rank[classify_severity(alert.labels, options.severity_label)])
     mentions: list[str] = []
     for alert in firing:
-        look = looks.get(alert_identity(alert))
-        mention = one_line(look.destination.mention) if look is not None else ""
-        if mention and mention not in mentions:
-            mentions.append(mention)
+        look = look_for(looks, alert)
+        for mention in (look.mentions if look is not None else ()):
+            mention = one_line(mention)
+            if mention and mention not in mentions:
+                mentions.append(mention)
     return mentions
