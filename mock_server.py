@@ -574,22 +574,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+STOP_POLL_SECONDS = 0.2
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the mock in the foreground until SIGINT or SIGTERM."""
     args = parse_args(argv)
     mock = MockRocketChat(dict(args.hooks) if args.hooks else None, host=args.host, port=args.port,
                           rate_limit_count=args.rate_limit[0], rate_limit_window_seconds=args.rate_limit[1],
                           legacy_404=args.legacy_404, quiet=args.quiet)
-    stop_requested = threading.Event()
+    # A plain flag, polled: a signal handler that sets a threading.Event can deadlock on the Event's own lock when
+    # it interrupts the main thread inside Event.wait() (Ctrl-C on `make run` sends SIGINT, then SIGTERM).
+    stop_requested = []
     for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda *_: stop_requested.set())
+        signal.signal(signal_number, lambda *_: stop_requested.append(True))
     try:
         mock.start()
     except OSError as error:
         sys.exit(f"mock_server: cannot listen on {args.host}:{args.port}: {error}")
     hooks = " ".join(f"{name}={mock.hook_url(name)}" for name in mock.hook_names)
     print(f"mock Rocket.Chat on {mock.base_url} hooks: {hooks}", flush=True)
-    stop_requested.wait()
+    while not stop_requested:
+        time.sleep(STOP_POLL_SECONDS)
     mock.stop()
 
 

@@ -147,9 +147,11 @@ def create_app(
     def answer(result: Answer) -> Response:
         return json_response(result.document, result.status, result.headers or None)
 
-    @app.post("/webhook", defaults={"integration": DEFAULT_INTEGRATION})
+    # The integration's default comes from the function, not the rule: a rule default would make Werkzeug redirect
+    # POST /webhook/default to /webhook (308), which many clients do not follow.
+    @app.post("/webhook")
     @app.post("/webhook/<integration>")
-    def receive_webhook(integration: str) -> Response:
+    def receive_webhook(integration: str = DEFAULT_INTEGRATION) -> Response:
         refused = relay.check_access(integration, presented_secrets(), request.remote_addr or "unknown")
         if refused is not None:
             return answer(refused)

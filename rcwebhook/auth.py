@@ -34,7 +34,10 @@ class TokenSource:
         previous_token: str = "",
         on_new_token: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        setting_name: str = "WEBHOOK_TOKEN_FILE",
     ):
+        self.setting_name = setting_name  # what log lines call the file: the variable, or the routes file's key
+        self._missing_logged = False
         self.token = token
         self.token_file = token_file
         self.previous_token = previous_token
@@ -63,22 +66,28 @@ class TokenSource:
         with self._lock:
             self._next_check = self.clock() + TOKEN_FILE_CHECK_SECONDS
             mtime_ns = self._mtime_ns()
-            if mtime_ns is None or mtime_ns == self._file_mtime_ns:
+            if mtime_ns is None:
+                if not self._missing_logged:  # once: the check runs every second
+                    self._missing_logged = True
+                    logger.error("%s cannot be read any more; keeping the current token", self.setting_name)
+                return
+            self._missing_logged = False
+            if mtime_ns == self._file_mtime_ns:
                 return
             try:
                 with open(self.token_file, encoding="utf-8") as handle:
                     new_token = handle.read().strip()
             except OSError as error:
-                logger.error("cannot re-read WEBHOOK_TOKEN_FILE (%s); keeping the current token", error.strerror)
+                logger.error("cannot re-read %s (%s); keeping the current token", self.setting_name, error.strerror)
                 return
             self._file_mtime_ns = mtime_ns
             if not new_token:
-                logger.error("WEBHOOK_TOKEN_FILE is empty; keeping the current token")
+                logger.error("%s is empty; keeping the current token", self.setting_name)
                 return
             if new_token != self.token:
                 self.on_new_token(new_token)  # registered as a secret before it can appear anywhere
                 self.token = new_token
-                logger.warning("WEBHOOK_TOKEN_FILE changed: the new token is in force")
+                logger.warning("%s changed: the new token is in force", self.setting_name)
 
     def accepts(self, presented: str) -> bool:
         """Constant-time comparison against every accepted token (all are compared, whatever matches)."""

@@ -35,12 +35,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     action.add_argument("--routes-test", action="store_true",
                         help="print the destinations an alert with the labels given (LABEL=VALUE ...) reaches, like "
                         "amtool config routes test; no network")
-    parser.add_argument("--integration", default=DEFAULT_INTEGRATION,
+    parser.add_argument("--integration", default=None,
                         help="the integration whose routes --render and --routes-test use (default: default)")
     parser.add_argument("labels", nargs="*", metavar="LABEL=VALUE", help="the alert's labels, for --routes-test")
     arguments = parser.parse_args(argv)
     if arguments.labels and not arguments.routes_test:
         parser.error("LABEL=VALUE arguments go with --routes-test")
+    if arguments.integration is not None and not (arguments.render or arguments.routes_test):
+        parser.error("--integration goes with --render or --routes-test")
+    arguments.integration = arguments.integration or DEFAULT_INTEGRATION
     return arguments
 
 

@@ -137,7 +137,9 @@ class Relay:
         self.dispatcher.ensure_hooks(list(table.hooks.values()))
         tokens = {
             name: TokenSource(
-                integration.token, integration.token_file, integration.previous_token, on_new_token=self.on_new_secret
+                integration.token, integration.token_file, integration.previous_token, on_new_token=self.on_new_secret,
+                setting_name="WEBHOOK_TOKEN_FILE" if table.source == "the environment" or
+                integration.token_file == self.config.webhook_token_file else f"integrations.{name}.token_file",
             )
             for name, integration in table.integrations.items()
         }

@@ -50,7 +50,7 @@ class RouteReloader:
             self.relay.use_table(table)
             self.metrics.config_last_reload_successful.set(1)
             self.metrics.config_last_reload_success_timestamp.set(time.time())
-            logger.warning(
+            logger.info(
                 "reloaded %s: %d integration(s), %d destination(s)", self.config.routes_file,
                 len(table.integrations), len(table.destinations),
             )

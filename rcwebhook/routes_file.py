@@ -152,7 +152,12 @@ def _string(value: object, where: str) -> str:
 
 def _secret(section: Mapping, prefix: str, where: str, environ: Mapping[str, str], referenced_env: set[str]) -> str:
     """A secret given as <prefix>: value, <prefix>_file: path or <prefix>_env: VARIABLE (at most one of them)."""
-    given = [key for key in (prefix, f"{prefix}_file", f"{prefix}_env") if section.get(key) not in (None, "")]
+    present = [key for key in (prefix, f"{prefix}_file", f"{prefix}_env") if key in section]
+    empty = [key for key in present if section[key] in (None, "") or not str(section[key]).strip()]
+    if empty:
+        # An empty token would leave an endpoint open without a word: that is never what was meant.
+        raise _Problem(f"{where}.{empty[0]}", "is empty (remove the key to leave it unset)")
+    given = present
     if len(given) > 1:
         raise _Problem(where, f"give only one of {', '.join(given)}")
     if not given:
@@ -336,7 +341,10 @@ def _check_environment_conflicts(environ: Mapping[str, str], referenced_env: set
     for name in ENVIRONMENT_DESTINATION_VARIABLES:
         for variable in (name, f"{name}_FILE"):
             if environ.get(variable, "").strip() and variable not in referenced_env:
-                raise _Problem(
-                    "", f"{variable} is set in the environment but the routes file does not use it "
-                        f"(refer to it with url_env: {variable}, or unset it)",
-                )
+                if name in MENTION_VARIABLE.values():
+                    fix = "give the destination mention: instead, and unset it"
+                elif variable.endswith("_FILE"):
+                    fix = f"refer to its file with url_file: {environ[variable].strip()}, or unset it"
+                else:
+                    fix = f"refer to it with url_env: {variable}, or unset it"
+                raise _Problem("", f"{variable} is set in the environment but the routes file does not use it ({fix})")

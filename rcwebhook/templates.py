@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 import jinja2
+import jinja2.meta
 
 from .formatting import classify_severity
 from .model import FIRING, RESOLVED, Alert, Notification
@@ -260,7 +261,31 @@ def _compile_part(name: str, source: object, path: str, max_chars: int) -> Compi
         raise TemplateError(f"{path}, line {error.lineno}: {reason}") from None
     except Exception as error:  # noqa: BLE001 - e.g. RecursionError on thousands of nested brackets
         raise TemplateError(f"{path}: cannot be compiled: {_reason(error)}") from None
+    _refuse_unknown_variables(source, path)
     return CompiledPart(template_name=name, path=path, source=source, max_chars=max_chars, template=template)
+
+
+# The variables templates see (a missing label renders empty; a misspelled variable is refused at load, or
+# "{{ lables.alertname }}" would render an empty title for ever without a word).
+ALERT_VARIABLES = ("labels", "annotations", "status", "starts_at", "ends_at", "severity", "generator_url",
+                   "fingerprint")
+NOTIFICATION_VARIABLES = ("alerts", "status", "group_labels", "common_labels", "common_annotations",
+                          "external_url", "receiver", "integration")
+
+
+def _refuse_unknown_variables(source: str, path: str) -> None:
+    environment = _environment()
+    try:
+        used = jinja2.meta.find_undeclared_variables(environment.parse(source))
+    except Exception:  # noqa: BLE001 - it compiled above; a parse this fails on is left to the sample render
+        return
+    known = {*ALERT_VARIABLES, *NOTIFICATION_VARIABLES, *environment.globals}
+    unknown = sorted(used - known)
+    if unknown:
+        raise TemplateError(
+            f"{path}: unknown variable(s) {', '.join(unknown)} (templates see "
+            f"{', '.join(sorted({*ALERT_VARIABLES, *NOTIFICATION_VARIABLES}))})"
+        )
 
 
 def _try(part: CompiledPart, context: Mapping) -> None:

@@ -8,14 +8,23 @@ RELAY_PORT="${PORT:-8093}"
 
 "$PYTHON" mock_server.py --host 127.0.0.1 --port "$MOCK_PORT" &
 mock_pid=$!
+# The mock first: the relay would otherwise post to whatever else holds the port.
+for _ in $(seq 100); do
+  if "$PYTHON" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${MOCK_PORT}/_mock/health', timeout=1)" 2>/dev/null; then
+    break
+  fi
+  kill -0 "$mock_pid" 2>/dev/null || { echo "the mock Rocket.Chat did not start (is port ${MOCK_PORT} free? MOCK_PORT=... picks another)" >&2; exit 1; }
+  sleep 0.1
+done
 stop() {
   kill "$mock_pid" "${relay_pid:-}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap stop EXIT INT TERM
 
-# The mock's default hooks: /hooks/<severity>/<severity>-token (fake tokens, for the demo only).
-export HOST=127.0.0.1 PORT="$RELAY_PORT"
+# The mock's default hooks: /hooks/<severity>/<severity>-token (fake tokens, for the demo only). The demo routes by
+# severity: a ROUTES_FILE from the shell or .env is left out (an empty value wins over .env).
+export HOST=127.0.0.1 PORT="$RELAY_PORT" ROUTES_FILE=
 for severity in critical warning info; do
   upper=$(echo "$severity" | tr '[:lower:]' '[:upper:]')
   export "ROCKETCHAT_WEBHOOK_${upper}=http://127.0.0.1:${MOCK_PORT}/hooks/${severity}/${severity}-token"

@@ -417,3 +417,32 @@ def test_a_reload_applies_a_new_rate_limit_to_the_url_it_keeps(tmp_path, fake_ro
         assert list(dispatcher.queues.values()) == [queue] and str(queue.budget.limit) == "30/60s"
     finally:
         application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)
+
+
+def test_the_default_integration_answers_at_its_own_name_too(routed, fake_rocketchat):
+    answer = routed.test_client().post("/webhook/default", data=body(alert("Named")),
+                                       headers={"Authorization": "Bearer am-token-1"})
+    assert answer.status_code == 200  # not a redirect to /webhook, which many clients do not follow
+
+
+@pytest.mark.parametrize("token_line", ["    token: ''\n", "    token:\n", "    token_env: ''\n"])
+def test_an_empty_token_key_is_refused_rather_than_leaving_the_endpoint_open(tmp_path, token_line):
+    with pytest.raises(ConfigError, match=r"integrations\.default\.token(_env)?: is empty"):
+        load(tmp_path, MINIMAL.replace("  default:\n", "  default:\n" + token_line))
+
+
+@pytest.mark.parametrize(("variable", "advice"), [
+    ("ROCKETCHAT_MENTION_CRITICAL", "give the destination mention: instead"),
+    ("ROCKETCHAT_WEBHOOK_INFO_FILE", "refer to its file with url_file: /run/secrets/rc-info"),
+    ("ROCKETCHAT_WEBHOOK_DEFAULT", "refer to it with url_env: ROCKETCHAT_WEBHOOK_DEFAULT"),
+])
+def test_a_setting_left_in_the_environment_is_refused_with_the_fix_that_applies(tmp_path, variable, advice):
+    value = "/run/secrets/rc-info" if variable.endswith("_FILE") else "@here"
+    with pytest.raises(ConfigError, match=f"{variable} is set in the environment") as refused:
+        load(tmp_path, MINIMAL, **{variable: value})
+    assert advice in str(refused.value)
+
+
+def test_integration_without_render_or_routes_test_is_refused(tmp_path):
+    result = run_tool(tmp_path, "--integration", "grafana-prod")
+    assert result.returncode == 2 and "--integration goes with --render or --routes-test" in result.stderr

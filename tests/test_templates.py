@@ -190,7 +190,7 @@ def test_where_prefixes_every_path():
         "{{ labels.x | int(base=99) }}",  # x is undefined on the sample alert: int() of undefined fails
         "line one\n{{ 1 / 0 }}",
         "{{ labels | dictsort(by='nope') }}",
-        "{{ nope() }}",
+        "{{ labels.nope() }}",
         "{{ labels.update({'alertname': 'changed'}) }}",  # the sandbox refuses to change a dict
         "{% include 'other' %}",
         "{{ '{:>10}'.format(1) }}",
@@ -246,10 +246,18 @@ def test_block_tags_on_their_own_lines_leave_no_blank_lines():
 
 def test_undefined_variables_and_chains_through_them_render_empty():
     text = render_text(
-        "[{{ nope }}|{{ labels.nope }}|{{ labels.nope.deeper }}|{{ nope.a.b['c'] }}|{{ alerts[7].labels.x }}"
-        "|{{ labels.nope | upper }}|{{ labels.nope.deeper | default('fallback') }}|{{ labels.__class__ }}]"
+        "[{{ annotations.nope }}|{{ labels.nope }}|{{ labels.nope.deeper }}|{{ labels.a.b['c'] }}"
+        "|{{ alerts[7].labels.x }}|{{ labels.nope | upper }}|{{ labels.nope.deeper | default('fallback') }}"
+        "|{{ labels.__class__ }}]"
     )
     assert text == "[||||||fallback|]"
+
+
+@pytest.mark.parametrize("source", ["{{ lables.alertname }}", "{{ alert.labels.x }}", "{{ Labels.team }}"])
+def test_a_misspelled_variable_is_refused_at_load_naming_it(source):
+    # A missing label renders empty; a variable templates do not have would render empty for ever, unnoticed.
+    with pytest.raises(TemplateError, match=r"^templates\.payments\.text: unknown variable\(s\) "):
+        compile_one(text=source)
 
 
 def test_a_loop_over_an_undefined_value_is_empty():
@@ -458,7 +466,7 @@ def test_a_bomb_is_refused_fast_and_small(source, n, match):
 )
 def test_a_literal_bomb_is_refused_at_compile_time_fast(source):
     started = time.perf_counter()
-    with pytest.raises(TemplateError, match="fails on a sample alert"):
+    with pytest.raises(TemplateError, match="fails on a sample alert|unknown variable"):
         compile_one(text=source)
     assert time.perf_counter() - started < FAST_SECONDS
 

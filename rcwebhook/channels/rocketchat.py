@@ -164,7 +164,8 @@ class RocketChatChannel:
         one ERROR line per template and message names it (a storm of alerts must not flood the log)."""
         if name not in logged:
             logged.add(name)
-            logger.error("template %r failed on an alert's %s (%s); that alert gets the built-in layout", name, part,
+            what = "the headline" if part == "headline" else "an alert"
+            logger.error("template %r failed on %s of a message (%s); it gets the built-in layout", name, what,
                          one_line(str(error))[:300])
         self.on_template_error(name)
 
