@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from storm import (  # noqa: E402 - bench/storm.py's process and HTTP helpers
-    CHILDREN, LOOPBACK, REPO, START_TIMEOUT_SECONDS, Child, clean_environ, free_port, new_session, on_signal,
+    CHILDREN, LOOPBACK, REPO, START_TIMEOUT_SECONDS, Child, aligned, clean_environ, free_port, new_session, on_signal,
     percentile, relay_revision, stop_children, wait_for,
 )
 
@@ -250,8 +250,7 @@ def table(figures: dict) -> str:
         ("machine", f"{figures['cpus']} CPUs, 1-minute load average {load} before the slow clients"),
         ("relay revision", figures["relay_revision"]),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    return aligned(rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

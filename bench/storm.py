@@ -440,6 +440,11 @@ def table(figures: dict) -> str:
                     "at the first request"),
         ("relay revision", figures["relay_revision"]),
     ]
+    return aligned(rows)
+
+
+def aligned(rows: list[tuple[str, str]]) -> str:
+    """Figure names padded to one width, then their values: the table both benchmarks print."""
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

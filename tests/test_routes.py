@@ -276,13 +276,16 @@ def test_the_shipped_example_loads_and_routes_as_its_comments_say(tmp_path):
     assert "oncall-secret-token" not in described and "rocketchat.test" in described
 
 
+# A template that fails on an alert whose divisor label is 0, and only there.
+RATIO_ROUTES = MINIMAL.replace("a: {rocketchat", "a: {template: ratio, rocketchat") + textwrap.dedent("""
+    templates:
+      ratio:
+        title: "{{ labels.alertname }}: {{ 100 // (labels.divisor | default(1) | int) }} %"
+""")
+
+
 def test_a_template_that_fails_on_an_alert_costs_nothing_but_its_layout(tmp_path, fake_rocketchat, caplog):
-    routes = MINIMAL.replace("a: {rocketchat", "a: {template: ratio, rocketchat") + textwrap.dedent("""
-        templates:
-          ratio:
-            title: "{{ labels.alertname }}: {{ 100 // (labels.divisor | default(1) | int) }} %"
-    """)
-    application = create_app({"ROUTES_FILE": write(tmp_path, routes)}, client=fake_rocketchat)
+    application = create_app({"ROUTES_FILE": write(tmp_path, RATIO_ROUTES)}, client=fake_rocketchat)
     try:
         client = application.test_client()
         assert client.post("/webhook", data=body(alert("Fine", divisor="4"))).status_code == 200
@@ -370,12 +373,7 @@ def test_a_mention_of_any_destination_sharing_the_url_is_kept(tmp_path, fake_roc
 
 
 def test_each_alert_a_template_fails_on_is_counted_and_the_others_keep_the_template(tmp_path, fake_rocketchat):
-    routes = MINIMAL.replace("a: {rocketchat", "a: {template: ratio, rocketchat") + textwrap.dedent("""
-        templates:
-          ratio:
-            title: "{{ labels.alertname }}: {{ 100 // (labels.divisor | default(1) | int) }} %"
-    """)
-    application = create_app({"ROUTES_FILE": write(tmp_path, routes)}, client=fake_rocketchat)
+    application = create_app({"ROUTES_FILE": write(tmp_path, RATIO_ROUTES)}, client=fake_rocketchat)
     try:
         client = application.test_client()
         answer = client.post("/webhook", data=body(alert("B1", divisor="0"), alert("Fine", divisor="2"),
