@@ -86,6 +86,8 @@ def post_worker_init(worker):
     reloader = worker.wsgi.extensions.get("rcwebhook.reloader")
     if reloader is not None:
         reloader.install_sighup_handler()
+        if getattr(worker, "hup_while_booting", False):  # a reload asked for while the worker booted
+            reloader.reload_in_background()
     gunicorn_handler = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):

@@ -65,7 +65,7 @@ def _shut(sock: socket.socket) -> None:
     try:
         # The plain socket's shutdown, even for TLS: SSLSocket.shutdown would tear down state the reader still uses.
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
+    except Exception:  # noqa: BLE001 - the watchdog thread must never die: every other exchange relies on it
         pass
 
 
@@ -135,10 +135,18 @@ class _WatchedTLSConnection(HTTPSConnection):
         return super().request(*args, **kwargs)
 
 
-def _attach_current(sock: socket.socket | None) -> None:
+def _attach_current(sock) -> None:
     exchange = WATCHDOG.current()
     if exchange is not None:
-        exchange.attach(sock)
+        exchange.attach(_real_socket(sock))
+
+
+def _real_socket(sock) -> socket.socket | None:
+    """The OS socket under any wrapping: TLS inside an https:// proxy's TLS is urllib3's SSLTransport, whose
+    .socket is the TLS socket to the proxy."""
+    while sock is not None and not isinstance(sock, socket.socket):
+        sock = getattr(sock, "socket", None)
+    return sock
 
 
 def _release_current(connection) -> None:

@@ -38,7 +38,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--integration", default=None,
                         help="the integration whose routes --render and --routes-test use (default: default)")
     parser.add_argument("labels", nargs="*", metavar="LABEL=VALUE", help="the alert's labels, for --routes-test")
-    arguments = parser.parse_args(argv)
+    arguments = parser.parse_intermixed_args(argv)  # label=value before or after --integration
     if arguments.labels and not arguments.routes_test:
         parser.error("LABEL=VALUE arguments go with --routes-test")
     if arguments.integration is not None and not (arguments.render or arguments.routes_test):

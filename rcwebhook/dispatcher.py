@@ -31,6 +31,10 @@ INTERNAL_ERROR_PAUSE_CAP_SECONDS = 5.0
 UNHEALTHY_AFTER_INTERNAL_ERRORS = 5
 
 
+class RoundFailed(Exception):
+    """A post round hit an internal error that was logged and handled where it happened."""
+
+
 class Overloaded(Exception):
     """Too many bytes held, or shutting down: answer 503 at once. kind labels the metric."""
 
@@ -251,6 +255,9 @@ class Dispatcher:
                 if not self._work_one_round(queue):
                     return
                 self.internal_errors_in_a_row[url] = 0  # a whole round went well
+            except RoundFailed:
+                # Logged where it happened and its batch already handled: only counted here.
+                self.internal_errors_in_a_row[url] += 1
             except Exception:  # noqa: BLE001 - a worker that dies would silently stop a channel's alerts
                 errors = self.internal_errors_in_a_row[url] = self.internal_errors_in_a_row[url] + 1
                 self.metrics.internal_errors.labels("post_worker").inc()
@@ -288,21 +295,36 @@ class Dispatcher:
         result = None
         started = self.clock()
         is_retry = queue.consecutive_failures > 0
+        internal_error = False
         if batch.parts:
             try:
                 message = self.channel.render(batch)
-                result = self.channel.send(queue.destination, message, timeout_seconds=self._exchange_seconds(batch))
-            except Exception:  # noqa: BLE001 - a failure to compose or post is a transient failure of this post
-                logger.exception("internal error while posting to %s", queue.destination)
-                result = PostResult(Outcome.TRANSIENT, None, "internal error in the relay")
+            except Exception:  # noqa: BLE001 - one notification that cannot be rendered must not block the others
+                logger.exception("internal error while rendering for %s; the post is split to isolate it",
+                                 queue.destination)
+                self.metrics.internal_errors.labels("post_worker").inc()
+                internal_error = True
+                # As a content refusal: the batch is halved down to the notification that fails, which is then
+                # tried as plain text and, failing that, answered 502; never retried for ever as a whole.
+                result = PostResult(Outcome.CONTENT_REFUSED, None, "internal error in the relay while rendering")
+            else:
+                try:
+                    result = self.channel.send(
+                        queue.destination, message, timeout_seconds=self._exchange_seconds(batch)
+                    )
+                except Exception:  # noqa: BLE001 - a channel that raises is a transient failure of this post
+                    logger.exception("internal error while posting to %s", queue.destination)
+                    internal_error = True
+                    result = PostResult(Outcome.TRANSIENT, None, "internal error in the relay")
         elapsed_seconds = self.clock() - started
         with self.condition:
             try:
                 finished = queue.finish(batch, result, self.clock())
             except Exception:  # noqa: BLE001 - the batch goes back to the queue rather than vanish with it
                 logger.exception("internal error after posting to %s; the notifications stay queued", name)
+                internal_error = True
                 queue.requeue_in_flight(self.clock(), batch)
-                finished = []
+                finished = [job for job in batch.jobs if job.finished]  # their bytes are released below
             for job in finished:
                 self.queued_bytes -= job.size_bytes
             self.metrics.queued.labels(name).set(queue.pending_count)
@@ -310,6 +332,8 @@ class Dispatcher:
         if result is not None:
             self._count_post(name, batch, result, elapsed_seconds, is_retry, finished)
         log_post(queue.destination, batch, result, elapsed_seconds * 1000)
+        if internal_error:
+            raise RoundFailed(queue.destination.name)  # counted by _work: no clean round
         return True
 
     def _count_post(

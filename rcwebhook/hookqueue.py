@@ -375,10 +375,11 @@ class HookQueue:
         batch = batch if batch is not None else self.in_flight
         self.in_flight = None
         if batch is not None:
-            unfinished = tuple(job for job in batch.jobs if not job.finished)
-            if unfinished:
-                self._requeue(Batch(unfinished, alone=batch.alone))
-            self.retry_at = now + BACKOFF_CAP_SECONDS
+            # Only jobs still in flight: finished ones stay finished, re-queued ones (a split) are queued already.
+            stranded = tuple(job for job in batch.jobs if job.state == JobState.IN_FLIGHT)
+            if stranded:
+                self._requeue(Batch(stranded, alone=batch.alone))
+                self.retry_at = now + BACKOFF_CAP_SECONDS
 
     def _back_off(self, result: PostResult, now: float) -> None:
         self.consecutive_failures += 1

@@ -116,7 +116,8 @@ class Metrics:
         )
         self.template_failures = Counter(
             f"{PREFIX}_template_failures_total",
-            "Alerts shown in the built-in layout because their destination's template failed on them.", ["template"],
+            "Template renders that failed (that alert, or that headline, was shown in the built-in layout); a retried "
+            "post renders again.", ["template"],
             registry=registry,
         )
         self.config_last_reload_successful = Gauge(

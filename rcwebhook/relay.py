@@ -171,7 +171,10 @@ class Relay:
 
     def accepts(self, integration: str, presented: list[str]) -> bool:
         """Constant-time check of the presented secrets against the integration's tokens; open without one."""
-        tokens = self._state[1].get(integration)
+        return self._tokens_accept(self._state[1].get(integration), presented)
+
+    @staticmethod
+    def _tokens_accept(tokens: TokenSource | None, presented: list[str]) -> bool:
         if tokens is None:
             return False
         if not tokens.enabled:
@@ -186,9 +189,10 @@ class Relay:
 
         Only failed authentications are slowed: a client with the right token is never refused for volume.
         """
-        if not self.knows(integration):
+        table, tokens = self._state  # once: a reload between two reads would mix two tables
+        if integration not in table.integrations:
             return error_answer(404, "unknown integration")
-        if self.accepts(integration, presented):
+        if self._tokens_accept(tokens.get(integration), presented):
             return None
         self.metrics.auth_failures.labels(integration).inc()
         exceeded = self.failed_auth.record_failure(address)

@@ -96,8 +96,10 @@ def _loader_refusing_duplicate_keys(yaml):
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag != "tag:yaml.org,2002:str":  # merge keys (<<), lists…: PyYAML's own rules apply
+                    continue
                 key = self.construct_object(key_node, deep=deep)
-                if isinstance(key, str) and key in seen:
+                if key in seen:
                     mark = key_node.start_mark
                     raise _DuplicateKey(_redacted(key), f"line {mark.line + 1}")
                 seen.add(key)
@@ -119,6 +121,8 @@ def _url_variables_named(document: Mapping) -> set[str]:
         rocketchat = spec.get("rocketchat") if isinstance(spec, dict) else None
         if isinstance(rocketchat, dict) and isinstance(rocketchat.get("url_env"), str):
             named.add(rocketchat["url_env"].strip())
+        if isinstance(rocketchat, dict) and isinstance(rocketchat.get("url_file"), str):
+            named.add(("file", rocketchat["url_file"].strip()))
     return named
 
 
@@ -340,7 +344,9 @@ def _check_environment_conflicts(environ: Mapping[str, str], referenced_env: set
     """Destination settings in the environment that the file does not use would be silently ignored: refuse."""
     for name in ENVIRONMENT_DESTINATION_VARIABLES:
         for variable in (name, f"{name}_FILE"):
-            if environ.get(variable, "").strip() and variable not in referenced_env:
+            value = environ.get(variable, "").strip()
+            used_as_file = variable.endswith("_FILE") and ("file", value) in referenced_env
+            if value and variable not in referenced_env and not used_as_file:
                 if name in MENTION_VARIABLE.values():
                     fix = "give the destination mention: instead, and unset it"
                 elif variable.endswith("_FILE"):

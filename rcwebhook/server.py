@@ -182,9 +182,14 @@ class BufferedThreadWorker(ThreadWorker):
     def init_signals(self) -> None:
         """gunicorn resets SIGHUP to its default (terminate) here; the relay's handler (reload the routes) comes
         only once the app is loaded (post_worker_init). Until then a HUP, which the master passes on for a
-        `systemctl reload`, is ignored instead of killing the worker while it boots."""
+        `systemctl reload`, is remembered instead of killing the worker while it boots."""
         super().init_signals()
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.hup_while_booting = False
+        signal.signal(signal.SIGHUP, self._remember_hup)
+
+    def _remember_hup(self, signum, frame) -> None:
+        # Kept for post_worker_init, which reloads at once: the file may have changed after the app read it.
+        self.hup_while_booting = True
 
     def run(self) -> None:
         if not self.buffering:

@@ -261,7 +261,8 @@ def _compile_part(name: str, source: object, path: str, max_chars: int) -> Compi
         raise TemplateError(f"{path}, line {error.lineno}: {reason}") from None
     except Exception as error:  # noqa: BLE001 - e.g. RecursionError on thousands of nested brackets
         raise TemplateError(f"{path}: cannot be compiled: {_reason(error)}") from None
-    _refuse_unknown_variables(source, path)
+    headline = path.endswith(".headline")  # a headline is per notification: it has no alert of its own
+    _refuse_unknown_variables(source, path, NOTIFICATION_VARIABLES if headline else ALERT_VARIABLES)
     return CompiledPart(template_name=name, path=path, source=source, max_chars=max_chars, template=template)
 
 
@@ -273,19 +274,17 @@ NOTIFICATION_VARIABLES = ("alerts", "status", "group_labels", "common_labels", "
                           "external_url", "receiver", "integration")
 
 
-def _refuse_unknown_variables(source: str, path: str) -> None:
+def _refuse_unknown_variables(source: str, path: str, part_variables: Sequence[str]) -> None:
+    """Alert parts see the alert's variables and the notification's; a headline only the notification's."""
     environment = _environment()
     try:
         used = jinja2.meta.find_undeclared_variables(environment.parse(source))
     except Exception:  # noqa: BLE001 - it compiled above; a parse this fails on is left to the sample render
         return
-    known = {*ALERT_VARIABLES, *NOTIFICATION_VARIABLES, *environment.globals}
-    unknown = sorted(used - known)
+    visible = sorted({*part_variables, *NOTIFICATION_VARIABLES})
+    unknown = sorted(used - {*visible, *environment.globals})
     if unknown:
-        raise TemplateError(
-            f"{path}: unknown variable(s) {', '.join(unknown)} (templates see "
-            f"{', '.join(sorted({*ALERT_VARIABLES, *NOTIFICATION_VARIABLES}))})"
-        )
+        raise TemplateError(f"{path}: unknown variable(s) {', '.join(unknown)} (this part sees {', '.join(visible)})")
 
 
 def _try(part: CompiledPart, context: Mapping) -> None:

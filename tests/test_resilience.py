@@ -195,3 +195,34 @@ def test_groups_remembered_for_de_duplication_are_capped_and_the_forgotten_are_c
         assert len(fake_rocketchat.messages_to("critical")) == 121
     finally:
         dispatcher.stop(drain_seconds=0)
+
+
+def test_a_notification_that_cannot_be_rendered_is_isolated_and_the_others_delivered(fake_rocketchat, monkeypatch):
+    application, dispatcher = make_app(fake_rocketchat, ROCKETCHAT_RATE_LIMIT="0")
+    original_render = dispatcher.channel.render
+
+    def render(batch):
+        if any(job.notification.group_key == "poison" for job in batch.jobs):
+            raise RuntimeError("cannot render this one")
+        return original_render(batch)
+
+    monkeypatch.setattr(dispatcher.channel, "render", render)
+    client = application.test_client()
+    results = {}
+    try:
+        def send(key):
+            document = {"status": "firing", "groupKey": key, "alerts": [
+                {"status": "firing", "labels": {"alertname": key, "severity": "critical"}, "fingerprint": key}]}
+            results[key] = client.post("/webhook", data=json.dumps(document)).status_code
+
+        threads = [threading.Thread(target=send, args=(key,)) for key in ("poison", "good")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        # The bad one is refused (502) instead of holding the hook; the good one goes out.
+        assert results == {"poison": 502, "good": 200}
+        assert [message["attachments"][0]["title"] for message in fake_rocketchat.messages_to("critical")] == [
+            "FIRING: good"]
+    finally:
+        dispatcher.stop(drain_seconds=0)

@@ -444,3 +444,37 @@ def test_a_setting_left_in_the_environment_is_refused_with_the_fix_that_applies(
 def test_integration_without_render_or_routes_test_is_refused(tmp_path):
     result = run_tool(tmp_path, "--integration", "grafana-prod")
     assert result.returncode == 2 and "--integration goes with --render or --routes-test" in result.stderr
+
+
+def test_yaml_merge_keys_still_work_in_a_routes_file(tmp_path):
+    table = load(tmp_path, textwrap.dedent("""
+        destinations:
+          a: &first {rocketchat: {url: http://rc/hooks/id/secret-a}, alias: Alertmanager, mention: "@here"}
+          b: {<<: *first, mention: "@oncall"}
+        integrations:
+          default:
+            routes: [{destinations: [a, b]}]
+    """))
+    assert (table.destinations["b"].alias, table.destinations["b"].mention) == ("Alertmanager", "@oncall")
+
+
+def test_a_headline_that_names_an_alert_variable_is_refused(tmp_path):
+    text = MINIMAL.replace("a: {rocketchat", "a: {template: t, rocketchat") + textwrap.dedent("""
+        templates:
+          t: {headline: "{{ labels.alertname }} firing"}
+    """)
+    with pytest.raises(ConfigError, match=r"templates\.t\.headline: unknown variable\(s\) labels"):
+        load(tmp_path, text)
+
+
+def test_a_destination_file_left_in_the_environment_is_fine_when_the_file_names_it(tmp_path):
+    url_file = tmp_path / "rc-a"
+    url_file.write_text("http://rc/hooks/id/secret-a\n")
+    text = MINIMAL.replace("{url: http://rc/hooks/id/secret-a}", f"{{url_file: {url_file}}}")
+    table = load(tmp_path, text, ROCKETCHAT_WEBHOOK_CRITICAL_FILE=str(url_file))
+    assert table.destinations["a"].url == "http://rc/hooks/id/secret-a"
+
+
+def test_routes_test_takes_labels_on_either_side_of_integration(tmp_path):
+    result = run_tool(tmp_path, "--routes-test", "team=payments", "--integration", "default", "env=prod")
+    assert (result.returncode, result.stdout.strip()) == (0, "payments,oncall"), result.stderr
