@@ -24,7 +24,7 @@ ROUTES = textwrap.dedent("""
         routes: [{destination: team}]
     templates:
       echo:
-        headline: "{{ common_labels.headline }} {{ labels.x }}"
+        headline: "{{ common_labels.headline }} {{ alerts[0].labels.x }}"
         title: "{{ labels.title }}"
         text: "{{ annotations.text }} {{ labels.text }}{{ labels.text }}{{ labels.text }}"
         fields:
