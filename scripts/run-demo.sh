@@ -6,16 +6,30 @@ PYTHON="${VENV_PYTHON:-.venv/bin/python}"
 MOCK_PORT="${MOCK_PORT:-9999}"
 RELAY_PORT="${PORT:-8093}"
 
+# wait_until_answers URL PID WHAT: poll URL for at most 15 s; stop the demo if the process PID has died.
+wait_until_answers() {
+  for _ in $(seq 150); do
+    if "$PYTHON" -c "import urllib.request; urllib.request.urlopen('$1', timeout=1)" 2>/dev/null; then
+      return 0
+    fi
+    kill -0 "$2" 2>/dev/null || { echo "$3" >&2; exit 1; }
+    sleep 0.1
+  done
+}
+
+# A port already taken (another demo, another program) would leave the relay posting to whatever holds it.
+for port in "$MOCK_PORT" "$RELAY_PORT"; do
+  if ! "$PYTHON" -c "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', $port))" 2>/dev/null; then
+    echo "port $port on 127.0.0.1 is in use: stop what holds it, or pick others with MOCK_PORT=... PORT=..." >&2
+    exit 1
+  fi
+done
+
 "$PYTHON" mock_server.py --host 127.0.0.1 --port "$MOCK_PORT" &
 mock_pid=$!
 # The mock first: the relay would otherwise post to whatever else holds the port.
-for _ in $(seq 100); do
-  if "$PYTHON" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${MOCK_PORT}/_mock/health', timeout=1)" 2>/dev/null; then
-    break
-  fi
-  kill -0 "$mock_pid" 2>/dev/null || { echo "the mock Rocket.Chat did not start (is port ${MOCK_PORT} free? MOCK_PORT=... picks another)" >&2; exit 1; }
-  sleep 0.1
-done
+wait_until_answers "http://127.0.0.1:${MOCK_PORT}/_mock/health" "$mock_pid" \
+  "the mock Rocket.Chat did not start (is port ${MOCK_PORT} free? MOCK_PORT=... picks another)"
 stop() {
   kill "$mock_pid" "${relay_pid:-}" 2>/dev/null || true
   wait 2>/dev/null || true
@@ -32,14 +46,7 @@ done
 "$PYTHON" rocketchat_webhook.py &
 relay_pid=$!
 
-# Wait until the relay answers, at most 15 s.
-for _ in $(seq 150); do
-  if "$PYTHON" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:${RELAY_PORT}/health', timeout=1)" 2>/dev/null; then
-    break
-  fi
-  kill -0 "$relay_pid" 2>/dev/null || { echo "the relay did not start; see the lines above" >&2; exit 1; }
-  sleep 0.1
-done
+wait_until_answers "http://127.0.0.1:${RELAY_PORT}/health" "$relay_pid" "the relay did not start; see the lines above"
 
 cat <<MSG
 
