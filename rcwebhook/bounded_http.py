@@ -112,7 +112,9 @@ class Watchdog:
 WATCHDOG = Watchdog()
 
 
-class _WatchedConnection(HTTPConnection):
+class _Watched:
+    """Lets the watchdog see the socket of the exchange a connection serves, whatever the scheme."""
+
     def _new_conn(self) -> socket.socket:
         # The plain TCP socket, before any TLS handshake or HTTPS_PROXY tunnel: those are inside the deadline too.
         sock = super()._new_conn()
@@ -124,15 +126,12 @@ class _WatchedConnection(HTTPConnection):
         return super().request(*args, **kwargs)
 
 
-class _WatchedTLSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _attach_current(sock)
-        return sock
+class _WatchedConnection(_Watched, HTTPConnection):
+    pass
 
-    def request(self, *args, **kwargs):  # type: ignore[override]
-        _attach_current(self.sock)
-        return super().request(*args, **kwargs)
+
+class _WatchedTLSConnection(_Watched, HTTPSConnection):
+    pass
 
 
 def _attach_current(sock) -> None:
@@ -158,20 +157,20 @@ def _release_current(connection) -> None:
         connection.close()
 
 
-class _WatchedPool(HTTPConnectionPool):
+class _ReleasingPool:
+    """Detaches a connection from its exchange as it goes back to the pool."""
+
+    def _put_conn(self, conn) -> None:
+        _release_current(conn)
+        super()._put_conn(conn)
+
+
+class _WatchedPool(_ReleasingPool, HTTPConnectionPool):
     ConnectionCls = _WatchedConnection
 
-    def _put_conn(self, conn) -> None:
-        _release_current(conn)
-        super()._put_conn(conn)
 
-
-class _WatchedTLSPool(HTTPSConnectionPool):
+class _WatchedTLSPool(_ReleasingPool, HTTPSConnectionPool):
     ConnectionCls = _WatchedTLSConnection
-
-    def _put_conn(self, conn) -> None:
-        _release_current(conn)
-        super()._put_conn(conn)
 
 
 class WatchedAdapter(HTTPAdapter):

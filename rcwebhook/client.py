@@ -169,6 +169,11 @@ def describe_exception(error: requests.RequestException) -> str:
     return f"request failed ({type(error).__name__})"
 
 
+def _no_answer(reason: str, started: float) -> PostResult:
+    """An attempt that got no usable answer: transient, with the time it took (reason names no URL)."""
+    return PostResult(Outcome.TRANSIENT, None, reason, (time.monotonic() - started) * 1000)
+
+
 class RocketChatClient:
     """Posts messages to Rocket.Chat hooks over one pooled session."""
 
@@ -204,8 +209,7 @@ class RocketChatClient:
         try:
             return self._post(url, message, timeout_seconds, started)
         except Exception as error:  # noqa: BLE001 - anything unexpected is a transient failure, never a dead worker
-            elapsed_ms = (time.monotonic() - started) * 1000
-            return PostResult(Outcome.TRANSIENT, None, f"request failed ({type(error).__name__})", elapsed_ms)
+            return _no_answer(f"request failed ({type(error).__name__})", started)
 
     def _post(self, url: str, message: dict, timeout_seconds: float | None, started: float) -> PostResult:
         # ASCII-only JSON: a lone surrogate from the input stays valid JSON, and Rocket.Chat silently drops
@@ -221,16 +225,13 @@ class RocketChatClient:
                 max_answer_bytes=self.max_answer_bytes,
             )
         except DeadlineExceeded as error:
-            reason = f"read timeout: {error}"
-            return PostResult(Outcome.TRANSIENT, None, reason, (time.monotonic() - started) * 1000)
+            return _no_answer(f"read timeout: {error}", started)
         except AnswerTooLarge as error:
-            return PostResult(Outcome.TRANSIENT, None, str(error), (time.monotonic() - started) * 1000)
+            return _no_answer(str(error), started)
         except requests.RequestException as error:
-            elapsed_ms = (time.monotonic() - started) * 1000
-            return PostResult(Outcome.TRANSIENT, None, describe_exception(error), elapsed_ms)
+            return _no_answer(describe_exception(error), started)
         except (ValueError, OSError) as error:  # a corrupt compressed body, a socket error outside requests
-            reason = f"unreadable answer ({type(error).__name__})"
-            return PostResult(Outcome.TRANSIENT, None, reason, (time.monotonic() - started) * 1000)
+            return _no_answer(f"unreadable answer ({type(error).__name__})", started)
         elapsed_ms = (time.monotonic() - started) * 1000
         now = self.wall_clock()
         outcome, reason, wait = classify_response(answer.status, answer.headers, answer.body_text, now)

@@ -11,11 +11,12 @@ from .hookqueue import Job, JobState
 DEFAULT_RETRY_AFTER_SECONDS = 5
 # Alertmanager is answered this long before DELIVERY_DEADLINE_SECONDS, so the answer itself is never late.
 ANSWER_MARGIN_SECONDS = 0.2
+STILL_QUEUED_REASON = "not accepted by Rocket.Chat within the delivery deadline; still queued, it goes out with the next post"
 
 
 def answer_within_seconds(delivery_deadline_seconds: float) -> float:
+    """How long after a request arrived its answer is due."""
     return max(0.1, delivery_deadline_seconds - ANSWER_MARGIN_SECONDS)
-STILL_QUEUED_REASON = "not accepted by Rocket.Chat within the delivery deadline; still queued, it goes out with the next post"
 
 
 class DeliveryState:

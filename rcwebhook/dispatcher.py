@@ -258,6 +258,7 @@ class Dispatcher:
             except RoundFailed:
                 # Logged where it happened and its batch already handled: only counted here.
                 self.internal_errors_in_a_row[url] += 1
+                self.metrics.internal_errors.labels("post_worker").inc()
             except Exception:  # noqa: BLE001 - a worker that dies would silently stop a channel's alerts
                 errors = self.internal_errors_in_a_row[url] = self.internal_errors_in_a_row[url] + 1
                 self.metrics.internal_errors.labels("post_worker").inc()
@@ -302,7 +303,6 @@ class Dispatcher:
             except Exception:  # noqa: BLE001 - one notification that cannot be rendered must not block the others
                 logger.exception("internal error while rendering for %s; the post is split to isolate it",
                                  queue.destination)
-                self.metrics.internal_errors.labels("post_worker").inc()
                 internal_error = True
                 # As a content refusal: the batch is halved down to the notification that fails, which is then
                 # tried as plain text and, failing that, answered 502; never retried for ever as a whole.

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
+from .config import DEFAULT_MAX_TRACKED_GROUPS
 from .merging import alert_identity, is_stale
 from .model import RESOLVED, Alert, Notification
 from .outcome import Outcome, PostResult
@@ -33,8 +34,6 @@ BACKOFF_CAP_SECONDS = 4.0
 STALE_FIRING_SECONDS = 10.0
 # Forgetting expired de-duplication entries is a scan: done at most this often (lookups check age themselves).
 FORGET_INTERVAL_SECONDS = 5.0
-# Groups remembered for de-duplication when no bound is given (MAX_TRACKED_GROUPS).
-DEFAULT_MAX_TRACKED_GROUPS = 50_000
 # When MAX_TRACKED_GROUPS is reached, how many of the oldest groups are looked at for a finished one to forget.
 FORGET_SCAN_LIMIT = 64
 # 128-bit digests: a collision between two different notifications is out of reach (2**64 of them for even odds).
@@ -107,7 +106,10 @@ class FinishedGroup:
     reason: str
     submitted_at: float
     finished_at: float
-    finished: bool = True
+
+    @property
+    def finished(self) -> bool:
+        return True  # only finished jobs are remembered this way
 
     @classmethod
     def of(cls, job: Job) -> "FinishedGroup":

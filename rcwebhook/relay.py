@@ -138,8 +138,7 @@ class Relay:
         tokens = {
             name: TokenSource(
                 integration.token, integration.token_file, integration.previous_token, on_new_token=self.on_new_secret,
-                setting_name="WEBHOOK_TOKEN_FILE" if table.source == "the environment" or
-                integration.token_file == self.config.webhook_token_file else f"integrations.{name}.token_file",
+                setting_name=integration.token_file_setting,
             )
             for name, integration in table.integrations.items()
         }
@@ -166,15 +165,9 @@ class Relay:
                 "(WEBHOOK_TOKEN, or token: in the routes file)", ", ".join(open_integrations),
             )
 
-    def knows(self, integration: str) -> bool:
-        return integration in self.table.integrations
-
-    def accepts(self, integration: str, presented: list[str]) -> bool:
-        """Constant-time check of the presented secrets against the integration's tokens; open without one."""
-        return self._tokens_accept(self._state[1].get(integration), presented)
-
     @staticmethod
     def _tokens_accept(tokens: TokenSource | None, presented: list[str]) -> bool:
+        """Constant-time check of the presented secrets against the integration's tokens; open without one."""
         if tokens is None:
             return False
         if not tokens.enabled:

@@ -87,6 +87,7 @@ class Integration:
     name: str
     token: str = field(default="", repr=False)
     token_file: str = ""
+    token_file_setting: str = "WEBHOOK_TOKEN_FILE"  # what log lines about token_file call it
     previous_token: str = field(default="", repr=False)
     severity_label: str = "severity"
     routes: tuple[Route, ...] = ()

@@ -148,6 +148,17 @@ def _name(name: object, where: str) -> str:
     return name
 
 
+def _named_entries(section: Mapping, kind: str, allowed: set[str]):
+    """(name, its place in the file, its mapping) for each entry of destinations: or integrations:, checked."""
+    for raw_name, spec in section.items():
+        name = _name(raw_name, kind)
+        where = f"{kind}.{name}"
+        if not isinstance(spec, dict):
+            raise _Problem(where, "must be a mapping")
+        _no_unknown_keys(spec, allowed, where)
+        yield name, where, spec
+
+
 def _string(value: object, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise _Problem(where, "must be a string")
@@ -189,12 +200,7 @@ def _secret(section: Mapping, prefix: str, where: str, environ: Mapping[str, str
 def _destinations(section: Mapping, templates: Mapping, config: Config, environ: Mapping[str, str],
                   referenced_env: set[str]) -> dict[str, RouteDestination]:
     destinations = {}
-    for raw_name, spec in section.items():
-        name = _name(raw_name, "destinations")
-        where = f"destinations.{name}"
-        if not isinstance(spec, dict):
-            raise _Problem(where, "must be a mapping")
-        _no_unknown_keys(spec, DESTINATION_KEYS, where)
+    for name, where, spec in _named_entries(section, "destinations", DESTINATION_KEYS):
         rocketchat = spec.get("rocketchat")
         if not isinstance(rocketchat, dict):
             raise _Problem(f"{where}.rocketchat", "must be a mapping with url:, url_file: or url_env:")
@@ -259,25 +265,23 @@ def _integrations(section: Mapping, destinations: Mapping[str, RouteDestination]
     if DEFAULT_INTEGRATION not in section:
         raise _Problem("integrations", "needs a 'default' integration (it is also POST /webhook)")
     integrations = {}
-    for raw_name, spec in section.items():
-        name = _name(raw_name, "integrations")
-        where = f"integrations.{name}"
-        if not isinstance(spec, dict):
-            raise _Problem(where, "must be a mapping")
-        _no_unknown_keys(spec, INTEGRATION_KEYS, where)
+    for name, where, spec in _named_entries(section, "integrations", INTEGRATION_KEYS):
         token = _secret(spec, "token", where, environ, referenced_env)
         previous = _secret(spec, "previous_token", where, environ, referenced_env)
         token_file = _string(spec.get("token_file") or "", f"{where}.token_file")
+        token_file_setting = f"{where}.token_file"
         if name == DEFAULT_INTEGRATION and (config.webhook_token or config.webhook_token_previous):
             if token or previous:
                 raise _Problem(where, "gives a token while WEBHOOK_TOKEN is set in the environment: keep one")
             token, previous, token_file = (config.webhook_token, config.webhook_token_previous,
                                            config.webhook_token_file)
+            token_file_setting = "WEBHOOK_TOKEN_FILE"
         if previous and not token:
             raise _Problem(where, "has previous_token but no token")
         severity_label = _string(spec.get("severity_label") or config.severity_label, f"{where}.severity_label")
         integrations[name] = Integration(
-            name, token=token, token_file=token_file, previous_token=previous, severity_label=severity_label,
+            name, token=token, token_file=token_file, token_file_setting=token_file_setting, previous_token=previous,
+            severity_label=severity_label,
             routes=_routes(spec.get("routes"), f"{where}.routes", destinations),
         )
     return integrations

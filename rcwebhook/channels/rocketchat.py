@@ -11,13 +11,13 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from ..attachments import AttachmentLimits
-from ..formatting import SEVERITY_ORDER, FormatOptions, build_message, build_plain_text_message, classify_severity
-from ..formatting import validate_message
+from ..formatting import FormatOptions, build_message, build_plain_text_message, sort_alerts, validate_message
 from ..hookqueue import Batch, Hook
 from ..merging import alert_identity, merge_notifications
 from ..model import FIRING, Alert, Notification
 from ..outcome import PostResult
 from ..safetext import display_text, one_line
+from ..templates import TemplateRenderError, alert_context, notification_context
 
 logger = logging.getLogger("rcwebhook.delivery")
 
@@ -84,13 +84,11 @@ class RocketChatChannel:
     def _rich(self, notification: Notification, alerts: Sequence[Alert], looks: dict, options: FormatOptions,
               group_count: int) -> dict:
         templated = [look for look in looks.values() if look.destination.template is not None]
-        contexts: dict[int, dict] = {}  # the notification's context once per template look, shared by its alerts
-        failed: set[str] = set()  # templates whose failure on this message was logged
+        contexts: dict[tuple, dict] = {}  # the notification's context once per template and integration
+        logged: set[str] = set()  # templates whose failure on this message was logged
 
         def notification_context_for(look) -> dict:
-            from ..templates import notification_context
-
-            key = id(look.destination.template)
+            key = (id(look.destination.template), look.integration, look.severity_label)
             if key not in contexts:
                 contexts[key] = notification_context(
                     notification, alerts, integration=look.integration, severity_label=look.severity_label
@@ -100,45 +98,41 @@ class RocketChatChannel:
         headline = None
         distinct_templates = {id(look.destination.template) for look in looks.values()}
         if templated and len(distinct_templates) == 1:
-            headline = self._headline(templated[0], notification_context_for, failed)
+            headline = self._headline(templated[0], notification_context_for, logged)
 
         def decorate(alert: Alert, attachment: dict, limits: AttachmentLimits) -> dict:
             look = look_for(looks, alert)
             if look is None or look.destination.template is None:
                 return attachment
             return self._templated_attachment(look, alert, notification, attachment, limits,
-                                              notification_context_for, failed)
+                                              notification_context_for, logged)
 
         return build_message(
             notification, alerts, options, group_count, mentions=_mentions(alerts, looks, options),
             headline=headline, decorate=decorate if templated else None,
         )
 
-    def _headline(self, look, notification_context_for, failed: set[int]) -> str | None:
-        from ..templates import TemplateRenderError
-
+    def _headline(self, look, notification_context_for, logged: set[str]) -> str | None:
         template = look.destination.template
         try:
             text = template.render_headline(notification_context_for(look))
         except TemplateRenderError as error:
-            self._template_failed(template.name, "headline", error, failed)
+            self._template_failed(template.name, "headline", error, logged)
             return None
         if not text:
             return None
         return display_text(text, MAX_TEMPLATE_HEADLINE_CHARS, single_line=True) or None
 
     def _templated_attachment(self, look, alert: Alert, notification: Notification, attachment: dict,
-                              limits: AttachmentLimits, notification_context_for, failed: set[int]) -> dict:
+                              limits: AttachmentLimits, notification_context_for, logged: set[str]) -> dict:
         """The attachment with the template's title, text and fields; the built-in one if the template fails."""
-        from ..templates import TemplateRenderError, alert_context
-
         template = look.destination.template
         try:
             context = alert_context(alert, notification, integration=look.integration,
                                     severity_label=look.severity_label, base_context=notification_context_for(look))
             parts = template.render_alert_parts(context)
         except TemplateRenderError as error:
-            self._template_failed(template.name, "alert", error, failed)
+            self._template_failed(template.name, "alert", error, logged)
             return attachment
         decorated = dict(attachment)
         if parts.title:
@@ -159,7 +153,7 @@ class RocketChatChannel:
             decorated["fields"] = [*attachment.get("fields", []), *extra_fields]
         return decorated
 
-    def _template_failed(self, name: str, part: str, error: Exception, logged: set) -> None:
+    def _template_failed(self, name: str, part: str, error: Exception, logged: set[str]) -> None:
         """The alert is not lost: only it (or only the headline) gets the built-in layout. Each failure is counted;
         one ERROR line per template and message names it (a storm of alerts must not flood the log)."""
         if name not in logged:
@@ -193,9 +187,7 @@ def _mentions(alerts: Sequence[Alert], looks: dict, options: FormatOptions) -> l
     """The mentions of the destinations of the firing alerts, most severe first, each once (None: by severity)."""
     if not looks:
         return None
-    firing = [alert for alert in alerts if alert.status == FIRING]
-    rank = {severity: index for index, severity in enumerate(SEVERITY_ORDER)}
-    firing.sort(key=lambda alert: rank[classify_severity(alert.labels, options.severity_label)])
+    firing = [alert for alert in sort_alerts(alerts, options.severity_label) if alert.status == FIRING]
     mentions: list[str] = []
     for alert in firing:
         look = look_for(looks, alert)
