@@ -1,0 +1,370 @@
+"""The sqlite:///<path> store: one file on one machine (standard library sqlite3, WAL mode, a connection per thread).
+
+The file must stay the one opened: a write checks that the path still names it (SQLite on Linux would otherwise go on
+writing to a deleted file's inode and lose everything at the next start) and raises StoreError when it was deleted or
+replaced. Text columns cannot hold lone surrogates (sqlite3 binds UTF-8): they are stored as U+FFFD, while labels,
+annotations and destinations, stored as JSON, keep them exactly (escaped as \\udXXX when present).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import weakref
+from typing import Iterator, Mapping
+from urllib.parse import quote
+
+from ..safetext import replace_lone_surrogates
+from . import (
+    MAX_DELIVERIES_PER_ALERT, AlertRecord, AlertSeen, Delivery, GroupMemory, NotificationRecord, StoreError,
+    WriteBatch,
+)
+
+SCHEMA_VERSION = 1  # PRAGMA user_version
+# How long a write waits for another process's lock (gunicorn workers share the file) before StoreError: the journal
+# is never on an alert's critical path, so its writer gives up quickly rather than hang.
+BUSY_TIMEOUT_SECONDS = 1.0
+_IDS_PER_QUERY = 500  # well under SQLite's 32766 bound parameters per statement
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS alerts (
+        id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, alertname TEXT NOT NULL, status TEXT NOT NULL,
+        severity TEXT NOT NULL, integration TEXT NOT NULL, labels TEXT NOT NULL, annotations TEXT NOT NULL,
+        starts_at TEXT NOT NULL, ends_at TEXT NOT NULL, first_received REAL NOT NULL, last_received REAL NOT NULL,
+        resolved_at REAL, updated_at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS alerts_first_received ON alerts (first_received)",
+    "CREATE INDEX IF NOT EXISTS alerts_updated_at ON alerts (updated_at)",
+    "CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status)",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        seq INTEGER PRIMARY KEY, alert_id TEXT NOT NULL, destination TEXT NOT NULL, at REAL NOT NULL,
+        outcome TEXT NOT NULL, status INTEGER, message_id TEXT)""",
+    "CREATE INDEX IF NOT EXISTS deliveries_alert_id ON deliveries (alert_id)",
+    """CREATE TABLE IF NOT EXISTS notifications (
+        id TEXT PRIMARY KEY, request_id TEXT NOT NULL, integration TEXT NOT NULL, group_key TEXT NOT NULL,
+        receiver TEXT NOT NULL, firing INTEGER NOT NULL, resolved INTEGER NOT NULL, status_code INTEGER NOT NULL,
+        ms REAL NOT NULL, received REAL NOT NULL, destinations TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS notifications_received ON notifications (received)",
+    """CREATE TABLE IF NOT EXISTS groups (
+        hook_key TEXT NOT NULL, group_id BLOB NOT NULL, dedup_key BLOB NOT NULL, state TEXT NOT NULL,
+        status INTEGER, reason TEXT NOT NULL, finished_at REAL NOT NULL, PRIMARY KEY (hook_key, group_id))""",
+    "CREATE INDEX IF NOT EXISTS groups_finished_at ON groups (finished_at)",
+)
+
+# An AlertSeen received at or after the record's last_received sets these; an older copy changes none of them.
+_LATEST_WINS = ("alertname", "status", "severity", "integration", "labels", "annotations", "ends_at")
+_UPSERT = f"""
+    INSERT INTO alerts (id, fingerprint, alertname, status, severity, integration, labels, annotations, starts_at,
+                        ends_at, first_received, last_received, resolved_at, updated_at)
+    VALUES (:id, :fingerprint, :alertname, :status, :severity, :integration, :labels, :annotations, :starts_at,
+            :ends_at, :received, :received, CASE WHEN :status = 'resolved' THEN :received END, :received)
+    ON CONFLICT (id) DO UPDATE SET
+        {", ".join(f"{column} = CASE WHEN :received >= last_received THEN excluded.{column} ELSE {column} END"
+                   for column in _LATEST_WINS)},
+        resolved_at = CASE WHEN :received < last_received THEN resolved_at
+                           WHEN :status = 'resolved' THEN coalesce(resolved_at, :received) END,
+        first_received = min(first_received, :received),
+        last_received = max(last_received, :received),
+        updated_at = max(updated_at, :received)"""
+_ALERT_COLUMNS = ("id, fingerprint, alertname, status, severity, integration, labels, annotations, starts_at, ends_at, "
+                  "first_received, last_received, resolved_at, updated_at")
+_NOTIFICATION_COLUMNS = ("id, request_id, integration, group_key, receiver, firing, resolved, status_code, ms, "
+                         "received, destinations")
+
+
+def _text(value):
+    """The value as SQLite can bind it: lone surrogates (from a hostile body) become U+FFFD."""
+    return replace_lone_surrogates(value) if isinstance(value, str) else value
+
+
+def _json(mapping: Mapping) -> str:
+    """Readable JSON, or ASCII-escaped JSON when the text holds lone surrogates (kept exactly either way)."""
+    text = json.dumps(dict(mapping), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(dict(mapping), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text
+
+
+def _cause(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that remembers the process that opened it (and can be weakly referenced)."""
+
+    pid: int
+
+
+class SQLiteStore:
+    """One SQLite file; each thread (and each process after a fork) uses its own connection, opened lazily."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.description = f"sqlite:///{path}"
+        if path in ("", ":memory:") or path.startswith("file:"):
+            raise StoreError(f"{self.description}: not a file path (use memory:// for a store in the process)")
+        self._local = threading.local()
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()  # every thread's, for close()
+        self._connections_lock = threading.Lock()
+        self._inherited: list[_Connection] = []  # opened before a fork: never used, nor closed, in the child
+        self._closed = False
+        with self._errors():
+            connection = self._open(create=True)
+            try:
+                stat = os.stat(path)
+                self._identity = (stat.st_dev, stat.st_ino)
+                mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise StoreError(f"{self.description}: journal_mode is {mode}, not wal")
+                self._create_schema(connection)
+            except BaseException:
+                self._forget(connection)
+                raise
+
+    def _open(self, *, create: bool) -> _Connection:
+        """This thread's new connection; only the constructor may create the file (mode=rwc)."""
+        uri = f"file:{quote(self.path)}?mode={'rwc' if create else 'rw'}"
+        connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                                     factory=_Connection)
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            connection.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: durable across a process crash
+        except BaseException:
+            connection.close()
+            raise
+        connection.pid = os.getpid()
+        self._local.connection = connection
+        with self._connections_lock:
+            self._connections.add(connection)
+        return connection
+
+    def _forget(self, connection: _Connection) -> None:
+        self._local.connection = None
+        with contextlib.suppress(sqlite3.Error):
+            connection.close()
+
+    def _create_schema(self, connection: _Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")  # also proves the file (and its directory, for the WAL) is writable
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.description}: schema version {version} is newer than this relay's "
+                                 f"{SCHEMA_VERSION}")
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # a real write, even when all existed
+            connection.execute("COMMIT")
+        except BaseException:
+            self._rollback(connection)
+            raise
+
+    @staticmethod
+    def _rollback(connection: _Connection) -> None:
+        if connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+
+    def _connection(self) -> _Connection:
+        connection = getattr(self._local, "connection", None)
+        if self._closed:
+            if connection is not None and connection.pid == os.getpid():
+                self._forget(connection)  # another thread's close() could not close it
+            raise StoreError(f"{self.description}: the store is closed")
+        if connection is not None and connection.pid == os.getpid():
+            return connection
+        if connection is not None:
+            self._inherited.append(connection)  # SQLite connections must not cross a fork: leave it be
+        self._check_identity()
+        return self._open(create=False)
+
+    def _check_identity(self) -> None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            stat = None
+        if stat is None or (stat.st_dev, stat.st_ino) != self._identity:
+            raise StoreError(f"{self.description}: the database file was deleted or replaced")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(f"{self.description}: {_cause(error)}") from error
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_Connection]:
+        """A write transaction on this thread's connection (BEGIN IMMEDIATE: the lock is taken before any read)."""
+        with self._errors():
+            connection = self._connection()
+            self._check_identity()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            finally:
+                self._rollback(connection)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[_Connection]:
+        """A read transaction: every query in it sees the same committed state."""
+        with self._errors():
+            connection = self._connection()
+            connection.execute("BEGIN")
+            try:
+                yield connection
+            finally:
+                self._rollback(connection)
+
+    def write(self, batch: WriteBatch) -> None:
+        try:
+            with self._transaction() as connection:
+                self._write(connection, batch)
+        except (TypeError, ValueError) as error:  # a value JSON or SQLite cannot hold; rolled back
+            raise StoreError(f"{self.description}: a record cannot be stored: {error}") from error
+
+    @staticmethod
+    def _write(connection: _Connection, batch: WriteBatch) -> None:
+        connection.executemany(_UPSERT, (_alert_parameters(seen) for seen in batch.alerts))
+        delivered: set[str] = set()
+        for delivery in batch.deliveries:
+            alert_id = _text(delivery.alert_id)
+            known = connection.execute(
+                "UPDATE alerts SET updated_at = max(updated_at, ?) WHERE id = ?", (delivery.at, alert_id),
+            ).rowcount
+            if not known:
+                continue  # its record was pruned (or never written): nothing to attach it to
+            connection.execute(
+                "INSERT INTO deliveries (alert_id, destination, at, outcome, status, message_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (alert_id, _text(delivery.destination), delivery.at, _text(delivery.outcome), delivery.status,
+                 _text(delivery.message_id)),
+            )
+            delivered.add(alert_id)
+        connection.executemany(
+            "DELETE FROM deliveries WHERE alert_id = ?1 AND seq < (SELECT seq FROM deliveries WHERE alert_id = ?1"
+            " ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+            ((alert_id, MAX_DELIVERIES_PER_ALERT - 1) for alert_id in delivered),
+        )
+        connection.executemany(
+            f"INSERT OR REPLACE INTO notifications ({_NOTIFICATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ((_text(n.id), _text(n.request_id), _text(n.integration), _text(n.group_key), _text(n.receiver),
+              n.firing, n.resolved, n.status_code, n.ms, n.received, _json(n.destinations))
+             for n in batch.notifications),
+        )
+        connection.executemany(
+            "INSERT OR REPLACE INTO groups (hook_key, group_id, dedup_key, state, status, reason, finished_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((_text(g.hook_key), bytes(g.group_id), bytes(g.dedup_key), _text(g.state), g.status, _text(g.reason),
+              g.finished_at) for g in batch.groups),
+        )
+
+    def load_groups(self, finished_since: float) -> list[GroupMemory]:
+        with self._snapshot() as connection:
+            rows = connection.execute(
+                "SELECT hook_key, group_id, dedup_key, state, status, reason, finished_at FROM groups"
+                " WHERE finished_at >= ? ORDER BY finished_at, hook_key, group_id", (finished_since,),
+            ).fetchall()
+        return [GroupMemory(hook_key, bytes(group_id), bytes(dedup_key), state, status, reason, finished_at)
+                for hook_key, group_id, dedup_key, state, status, reason, finished_at in rows]
+
+    def alerts(
+        self, *, status: str | None = None, severity: str | None = None, integration: str | None = None,
+        limit: int = 100,
+    ) -> list[AlertRecord]:
+        if limit <= 0:
+            return []
+        conditions, parameters = [], []
+        for column, value in (("status", status), ("severity", severity), ("integration", integration)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                parameters.append(_text(value))
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        with self._snapshot() as connection:
+            rows = connection.execute(
+                f"SELECT {_ALERT_COLUMNS} FROM alerts {where} ORDER BY first_received DESC, id DESC LIMIT ?",
+                (*parameters, limit),
+            ).fetchall()
+            return self._records(connection, rows)
+
+    def alert(self, alert_id: str) -> AlertRecord | None:
+        with self._snapshot() as connection:
+            rows = connection.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = ?",
+                                      (_text(alert_id),)).fetchall()
+            records = self._records(connection, rows)
+        return records[0] if records else None
+
+    @staticmethod
+    def _records(connection: _Connection, rows: list[tuple]) -> list[AlertRecord]:
+        deliveries: dict[str, list[Delivery]] = {row[0]: [] for row in rows}
+        ids = list(deliveries)
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start:start + _IDS_PER_QUERY]
+            for row in connection.execute(
+                "SELECT alert_id, destination, at, outcome, status, message_id FROM deliveries"
+                f" WHERE alert_id IN ({', '.join('?' * len(chunk))}) ORDER BY seq", chunk,
+            ):
+                deliveries[row[0]].append(Delivery(*row))
+        return [
+            AlertRecord(id=row[0], fingerprint=row[1], alertname=row[2], status=row[3], severity=row[4],
+                        integration=row[5], labels=json.loads(row[6]), annotations=json.loads(row[7]),
+                        starts_at=row[8], ends_at=row[9], first_received=row[10], last_received=row[11],
+                        resolved_at=row[12], updated_at=row[13], deliveries=tuple(deliveries[row[0]]))
+            for row in rows
+        ]
+
+    def notifications(self, *, limit: int = 100) -> list[NotificationRecord]:
+        if limit <= 0:
+            return []
+        with self._snapshot() as connection:
+            rows = connection.execute(
+                f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications ORDER BY received DESC, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [NotificationRecord(*row[:10], destinations=json.loads(row[10])) for row in rows]
+
+    def prune(self, *, updated_before: float, max_alerts: int, groups_finished_before: float) -> int:
+        keep = max(max_alerts, 0)
+        stale = "SELECT id FROM alerts WHERE updated_at < ?"
+        beyond = "SELECT id FROM alerts ORDER BY updated_at DESC, id DESC LIMIT -1 OFFSET ?"
+        with self._transaction() as connection:
+            connection.execute(f"DELETE FROM deliveries WHERE alert_id IN ({stale})", (updated_before,))
+            gone = connection.execute(f"DELETE FROM alerts WHERE id IN ({stale})", (updated_before,)).rowcount
+            connection.execute(f"DELETE FROM deliveries WHERE alert_id IN ({beyond})", (keep,))
+            gone += connection.execute(f"DELETE FROM alerts WHERE id IN ({beyond})", (keep,)).rowcount
+            connection.execute("DELETE FROM notifications WHERE received < ?", (updated_before,))
+            connection.execute("DELETE FROM notifications WHERE id IN"
+                               " (SELECT id FROM notifications ORDER BY received DESC, id DESC LIMIT -1 OFFSET ?)",
+                               (keep,))
+            connection.execute("DELETE FROM groups WHERE finished_at < ?", (groups_finished_before,))
+        return gone
+
+    def counts(self) -> Mapping[str, int]:
+        with self._snapshot() as connection:
+            return {table: connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                    for table in ("alerts", "notifications", "groups")}
+
+    def close(self) -> None:
+        """Close this thread's connection and those it may; the others close at their thread's next use or end."""
+        self._closed = True
+        with self._connections_lock:
+            connections = [connection for connection in self._connections if connection.pid == os.getpid()]
+        for connection in connections:
+            with contextlib.suppress(sqlite3.Error):  # ProgrammingError: another thread's
+                connection.close()
+        self._local.connection = None
+
+
+def _alert_parameters(seen: AlertSeen) -> dict:
+    return {
+        "id": _text(seen.id), "fingerprint": _text(seen.fingerprint), "alertname": _text(seen.alertname),
+        "status": _text(seen.status), "severity": _text(seen.severity), "integration": _text(seen.integration),
+        "labels": _json(seen.labels), "annotations": _json(seen.annotations), "starts_at": _text(seen.starts_at),
+        "ends_at": _text(seen.ends_at), "received": seen.received_at,
+    }
