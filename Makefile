@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VENV_PYTHON := $(VENV)/bin/python
 
-.PHONY: run test test-fast test-e2e e2e-tools venv dev-venv clean
+.PHONY: run test test-fast test-e2e e2e-tools venv dev-venv screenshots clean
 
 $(VENV_PYTHON):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-e2e: dev-venv e2e-tools
 ## The fast tests only (no slow or end-to-end ones).
 test-fast: dev-venv
 	$(VENV_PYTHON) -m pytest -m "not slow and not e2e"
+
+## The README's screenshots (docs/screenshots/*.png): the status page and the mock Rocket.Chat in headless Chromium.
+screenshots: dev-venv e2e-tools
+	$(VENV_PYTHON) scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import html
 import json
 import math
 import re
@@ -25,6 +28,7 @@ ATTACHMENT_URL_KEYS = ("title_link", "author_link", "author_icon", "image_url", 
 ALLOWED_URL_PREFIXES = ("http://", "https://", "data:")
 REJECT_MARKER = "MOCK-REJECT"  # stands in for an integration script that refuses the message
 PRINTED_VALUE_MAX_CHARS = 60
+PAGE_REFRESH_SECONDS = 5  # GET / reloads itself (a <meta> refresh: no script)
 SERVE_POLL_INTERVAL_SECONDS = 0.02
 
 HOOK_PATH = re.compile(r"/hooks/(?P<id>[^/]+)/(?:[^/]+/)?(?P<token>[^/]+)")
@@ -415,6 +419,15 @@ class MockRocketChat:
             sys.stdout.flush()
         return self._answer(state, success, limit_headers)
 
+    # -- the page --
+    def handle_page_request(self) -> Response:
+        """GET /: an HTML page of every hook's messages, newest first (no hook URL or token on it)."""
+        with self._lock:
+            page, csp = render_page({name: list(state.records) for name, state in self._hooks.items()})
+        return Response(200, page.encode(), "text/html; charset=utf-8", {
+            "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer"})
+
     # -- the control API --
     def handle_control_request(self, method: str, path: str, body: bytes) -> Response:
         """Answer a request under /_mock/."""
@@ -484,6 +497,195 @@ def describe_message(hook_name: str, message: dict) -> str:
     return "\n".join(lines)
 
 
+# -- the page (GET /): each hook's messages drawn as Rocket.Chat's web client draws them --
+# Everything posted is untrusted: every string is escaped, only http(s) URLs become links, nothing is loaded (images
+# stay links), and the page runs no script. One <style> element, allowed by its hash in the Content-Security-Policy.
+LINKABLE_URL = re.compile(r"https?://[^\s\"'<>`]+", re.IGNORECASE)
+# What may stand in a CSS declaration as a colour: hex, a name (an unknown one is ignored by the browser, as
+# Slack's "good" colours nothing in Rocket.Chat), or rgb()/hsl() with numbers only.
+SAFE_COLOR = re.compile(r"#[0-9a-fA-F]{3,8}|[a-zA-Z]{1,40}|(?:rgb|hsl)a?\([0-9.,%\s/]{1,60}\)")
+# Rocket.Chat's theme tokens, drawn in its palette's colours (Fuselage danger-500, warning-500, success-500).
+THEME_COLORS = {"danger": "#ec0d2a", "warning": "#f3be08", "success": "#2de0a5"}
+# Rocket.Chat's inline Markdown, the part alerts use: `code`, [label](url), *bold*, _italic_, ~strike~.
+INLINE_MARKDOWN = re.compile(
+    r"`(?P<code>[^`\n]+)`"
+    r"|\[(?P<label>[^\]\n]+)\]\((?P<url>[^()\s]+)\)"
+    r"|(?<![\w*])\*(?P<bold>[^*\n]+)\*(?![\w*])"
+    r"|(?<![\w_])_(?P<italic>[^_\n]+)_(?![\w_])"
+    r"|(?<![\w~])~(?P<strike>[^~\n]+)~(?![\w~])"
+)
+PAGE_CSS = """
+:root { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #2f343d; }
+body { margin: 0; background: #f2f3f5; }
+header { background: #1f2329; color: #fff; padding: 12px 20px; }
+header h1 { margin: 0; font-size: 18px; }
+header p { margin: 2px 0 0; color: #cbced1; font-size: 13px; }
+main { max-width: 1000px; margin: 0 auto; padding: 12px; }
+.channel { background: #fff; border: 1px solid #e4e7ea; border-radius: 4px; margin: 12px 0; }
+.channel > h2 { margin: 0; padding: 10px 16px; font-size: 16px; border-bottom: 1px solid #e4e7ea; }
+.channel > h2 small { color: #6c727a; font-weight: normal; }
+.empty { padding: 12px 16px; color: #6c727a; margin: 0; }
+.message { display: flex; gap: 10px; padding: 10px 16px; border-top: 1px solid #f2f3f5; }
+.message:first-of-type { border-top: 0; }
+.avatar { flex: 0 0 36px; height: 36px; border-radius: 4px; background: #9ea2a8; color: #fff; font-weight: bold;
+  display: flex; align-items: center; justify-content: center; }
+.body { min-width: 0; flex: 1; }
+.meta { display: flex; gap: 6px; align-items: baseline; flex-wrap: wrap; }
+.alias { font-weight: bold; }
+.tag { font-size: 11px; background: #e4e7ea; border-radius: 2px; padding: 0 4px; color: #2f343d; }
+.time, .emoji { color: #6c727a; font-size: 12px; }
+.text, .attachment-text, .field-value, .pretext { white-space: pre-wrap; overflow-wrap: anywhere; }
+code { background: #f7f8fa; border: 1px solid #e4e7ea; border-radius: 2px; padding: 0 3px; font-size: 13px; }
+a { color: #1d74f5; text-decoration: none; }
+a:hover { text-decoration: underline; }
+.attachment { border-left: 4px solid #cbced1; padding: 2px 0 2px 12px; margin: 6px 0; }
+.attachment.quote { border-left-color: #e4e7ea; color: #6c727a; }
+.author { font-size: 13px; color: #6c727a; }
+.title { font-weight: bold; }
+.fields { display: grid; grid-template-columns: 1fr 1fr; gap: 4px 16px; margin: 6px 0 0; }
+.field { grid-column: 1 / -1; margin: 0; }
+.field.short { grid-column: auto; }
+.field dt { font-weight: bold; font-size: 13px; }
+.field dd { margin: 0; }
+.image { font-size: 13px; color: #6c727a; }
+details summary { cursor: pointer; color: #6c727a; font-size: 13px; }
+@media (max-width: 600px) { main { padding: 4px; } .message { padding: 8px; } .fields { grid-template-columns: 1fr; } }
+"""
+
+
+def escape(value) -> str:
+    """Any value as HTML text (quotes escaped too, so it is safe in an attribute)."""
+    return html.escape(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+
+
+def linkable(url) -> bool:
+    """True for an http(s) URL, the only kind drawn as a link (javascript: and data: stay text)."""
+    return isinstance(url, str) and LINKABLE_URL.fullmatch(url) is not None
+
+
+def link(url: str, label_html: str) -> str:
+    """An <a> opening url in a new tab; url must be linkable()."""
+    return f'<a href="{html.escape(url)}" target="_blank" rel="noopener noreferrer">{label_html}</a>'
+
+
+def render_markdown(text) -> str:
+    """Rocket.Chat's inline Markdown as HTML; anything it does not know stays (escaped) text."""
+    if not isinstance(text, str):
+        return escape(text)
+    parts, position = [], 0
+    for match in INLINE_MARKDOWN.finditer(text):
+        parts.append(html.escape(text[position:match.start()]))
+        position = match.end()
+        if match["code"] is not None:
+            parts.append(f"<code>{html.escape(match['code'])}</code>")
+        elif match["label"] is not None:
+            parts.append(link(match["url"], html.escape(match["label"])) if linkable(match["url"])
+                         else html.escape(match[0]))
+        else:
+            tag = "strong" if match["bold"] is not None else "em" if match["italic"] is not None else "del"
+            parts.append(f"<{tag}>{render_markdown(match['bold'] or match['italic'] or match['strike'])}</{tag}>")
+    parts.append(html.escape(text[position:]))
+    return "".join(parts)
+
+
+def css_color(value) -> str | None:
+    """The attachment colour as a CSS value, or None when it cannot stand in a style sheet safely."""
+    if not isinstance(value, str) or not SAFE_COLOR.fullmatch(value.strip()):
+        return None
+    return THEME_COLORS.get(value.strip().lower(), value.strip())
+
+
+def render_attachment(attachment, color_classes: dict[str, str]) -> str:
+    """One attachment: colour bar, pretext, author, title (a link if http(s)), text, fields, image as a link."""
+    if not isinstance(attachment, dict):
+        return ""
+    parts = []
+    if attachment.get("pretext"):
+        parts.append(f'<div class="pretext">{render_markdown(attachment["pretext"])}</div>')
+    if "message_link" in attachment:  # drawn as a quote: Rocket.Chat ignores colour and fields
+        quoted = attachment.get("text", "")
+        return "".join(parts) + f'<blockquote class="attachment quote">{render_markdown(quoted)}</blockquote>'
+    body = []
+    if attachment.get("author_name"):
+        name = escape(attachment["author_name"])
+        author_link = attachment.get("author_link")
+        body.append(f'<div class="author">{link(author_link, name) if linkable(author_link) else name}</div>')
+    if attachment.get("title"):
+        title = escape(attachment["title"])
+        title_link = attachment.get("title_link")
+        body.append(f'<div class="title">{link(title_link, title) if linkable(title_link) else title}</div>')
+    details = []
+    if attachment.get("text"):
+        details.append(f'<div class="attachment-text">{render_markdown(attachment["text"])}</div>')
+    fields = attachment.get("fields")
+    if isinstance(fields, list) and fields:
+        items = "".join(
+            f'<div class="field{" short" if item.get("short") is True else ""}">'
+            f'<dt>{escape(item.get("title", ""))}</dt><dd class="field-value">{render_markdown(item.get("value", ""))}'
+            f"</dd></div>"
+            for item in fields if isinstance(item, dict))
+        details.append(f'<dl class="fields">{items}</dl>')
+    if attachment.get("image_url"):
+        image_url = attachment["image_url"]
+        label = escape(image_url)
+        shown = link(image_url, label) if linkable(image_url) else label
+        details.append(f'<div class="image">image (not loaded): {shown}</div>')
+    if attachment.get("collapsed") is True and details:
+        details = [f"<details><summary>collapsed</summary>{''.join(details)}</details>"]
+    color = css_color(attachment.get("color"))
+    classes = "attachment" + (f" {color_classes.setdefault(color, f'bar-{len(color_classes)}')}" if color else "")
+    return "".join(parts) + f'<div class="{classes}">{"".join(body + details)}</div>'
+
+
+def render_message(record: dict, color_classes: dict[str, str]) -> str:
+    """One recorded message: avatar initial, alias, time, text, attachments."""
+    message = record["message"]
+    alias = message.get("alias") if isinstance(message.get("alias"), str) and message["alias"].strip() else "bot"
+    emoji = message.get("emoji") or message.get("icon_emoji")
+    received = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["received_at"]))
+    text = message.get("text") or message.get("msg")
+    attachments = message.get("attachments")
+    initial = html.escape(alias.strip()[0].upper())
+    parts = [
+        f'<article class="message"><div class="avatar" aria-hidden="true">{initial}</div><div class="body">',
+        f'<div class="meta"><span class="alias">{html.escape(alias)}</span><span class="tag">BOT</span>',
+        f'<span class="emoji">{escape(emoji)}</span>' if emoji else "",
+        f'<time class="time">{received}</time></div>',
+        f'<div class="text">{render_markdown(text)}</div>' if text else "",
+        *(render_attachment(attachment, color_classes) for attachment in
+          (attachments if isinstance(attachments, list) else [])),
+        "</div></article>",
+    ]
+    return "".join(parts)
+
+
+def render_page(channels: dict[str, list[dict]]) -> tuple[str, str]:
+    """The page of every hook's messages, newest first; returns (HTML, the CSP that allows its one <style>)."""
+    color_classes: dict[str, str] = {}  # CSS colour -> class name, filled while drawing the messages
+    sections = []
+    for name, records in channels.items():
+        messages = "".join(render_message(record, color_classes) for record in reversed(records))
+        count = f"{len(records)} message{'' if len(records) == 1 else 's'}"
+        messages = messages or '<p class="empty">No messages yet.</p>'
+        sections.append(f'<section class="channel" id="channel-{html.escape(name)}"><h2>#{html.escape(name)} '
+                        f"<small>{count}</small></h2>{messages}</section>")
+    bars = "".join(f".{class_name} {{ border-left-color: {color}; }}\n" for color, class_name in color_classes.items())
+    css = PAGE_CSS + bars
+    digest = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+    csp = (f"default-src 'none'; style-src 'sha256-{digest}'; img-src 'none'; base-uri 'none'; "
+           "form-action 'none'; frame-ancestors 'none'")
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta http-equiv="refresh" content="{PAGE_REFRESH_SECONDS}">'
+        f"<title>Mock Rocket.Chat</title><style>{css}</style></head><body>"
+        f"<header><h1>Mock Rocket.Chat</h1><p>Messages posted to each hook, newest first; "
+        f"this page reloads every {PAGE_REFRESH_SECONDS} s.</p></header>"
+        f"<main>{''.join(sections)}</main></body></html>\n"
+    )
+    return page, csp
+
+
 class _MockHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     mock: MockRocketChat
@@ -521,6 +723,8 @@ class _MockRequestHandler(BaseHTTPRequestHandler):
         elif HOOK_PATH.fullmatch(path) and self.command in ("GET", "POST"):
             response = mock.handle_hook_request(self.command, path, self.headers.get("Content-Type", ""),
                                                 body, self.client_address[0])
+        elif path == "/" and self.command == "GET":
+            response = mock.handle_page_request()
         else:
             response = json_response(404, {"success": False, "error": f"no route {self.command} {path}"})
         self.send_response(response.status)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the real programs that tests/e2e and tests/test_deploy_files.py run, with Debian's packages, when they are
-# missing and this runs as root (as CI does). Otherwise it says what is missing and how to install it; the tests
-# then skip (or fail, under REQUIRE_E2E=1).
+# Installs the real programs that tests/e2e and tests/test_deploy_files.py run (the browser tests' headless Chromium
+# and its driver too), with Debian's packages, when they are missing and this runs as root (as CI does). Otherwise it
+# says what is missing and how to install it; the tests then skip (or fail, under REQUIRE_E2E=1).
 set -euo pipefail
 
 # program -> Debian package that ships it
@@ -12,6 +12,8 @@ declare -A PACKAGE_OF=(
   [promtool]=prometheus
   [docker-compose]=docker-compose
   [systemd-analyze]=systemd
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 # Daemons the packages bring, none of which may be left running by the install.
 DAEMONS=(prometheus prometheus-alertmanager prometheus-node-exporter)
@@ -30,7 +32,8 @@ fi
 hint="apt-get install --no-install-recommends ${packages[*]}"
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-tools: missing ${packages[*]}; not root, so not installing. Run: sudo $hint" >&2
-  echo "install-tools: until then the end-to-end and deploy-file tests skip (REQUIRE_E2E=1 makes that a failure)" >&2
+  echo "install-tools: until then the end-to-end, browser and deploy-file tests skip" \
+       "(REQUIRE_E2E=1 makes that a failure)" >&2
   exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
