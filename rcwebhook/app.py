@@ -18,6 +18,9 @@ from .channels.rocketchat import RocketChatChannel, format_options
 from .client import RocketChatClient
 from .config import ConfigError, load_config, load_dotenv_from_working_directory
 from .dispatcher import Dispatcher
+from .events import EventBus
+from .journal import Journal, open_state
+from .live import LiveFeed, register_live_route
 from .metrics import Metrics
 from .logs import configure_logging, install_exception_hooks, new_request_id, quiet_library_loggers, request_id_var
 from .redact import Redactor
@@ -25,6 +28,10 @@ from .relay import Answer, Relay
 from .reload import RouteReloader
 from .routes import DEFAULT_INTEGRATION
 from .routes_file import load_route_table
+from .status import StatusView
+from .web.access import StatusAccess
+from .web.api import api_blueprint
+from .web.status_page import status_page_blueprint
 
 logger = logging.getLogger("rcwebhook")
 
@@ -129,7 +136,18 @@ def create_app(
         client or RocketChatClient(Redactor(table.secrets)), format_options(config),
         on_template_error=lambda name: metrics.template_failures.labels(name).inc(),
     )
-    dispatcher = Dispatcher(channel, list(table.hooks.values()), config, metrics=metrics).start()
+    # State: the journal's store, written behind delivery by the event thread; the live feed follows it.
+    store, fallback_reason = open_state(config)
+    journal = Journal(store, config, metrics, fallback_reason=fallback_reason)
+    events = EventBus(on_dropped=metrics.events_dropped.inc)
+    feed = LiveFeed(config.max_live_clients, metrics)
+    events.subscribe(journal.on_events)  # first: a live client reacting to an event finds it in the journal
+    events.subscribe(feed.on_events)
+    app.extensions.update({"rcwebhook.journal": journal, "rcwebhook.events": events, "rcwebhook.live": feed})
+    dispatcher = Dispatcher(channel, list(table.hooks.values()), config, metrics=metrics, publish=events.publish)
+    restored = dispatcher.restore_groups(journal.load_groups())
+    dispatcher.start()
+    events.start()
     app.extensions["rcwebhook.dispatcher"] = dispatcher
 
     def add_secret(secret: str) -> None:
@@ -137,15 +155,27 @@ def create_app(
         if isinstance(channel.client, RocketChatClient):
             channel.client.redactor.add(secret)
 
-    relay = Relay(table, dispatcher, config, metrics, on_new_secret=add_secret)
+    relay = Relay(table, dispatcher, config, metrics, on_new_secret=add_secret, publish=events.publish)
     app.extensions["rcwebhook.relay"] = relay
     reloader = RouteReloader(relay, config, environ, metrics)
     app.extensions["rcwebhook.reloader"] = reloader
 
     relay.announce()
+    logger.info("state in %s%s", store.description,
+                f" ({restored} de-duplication entries read back)" if restored else "")
+    if not config.status_token:
+        logger.info("the status page (GET /), /api/v1 and /ws answer on the loopback interface only (STATUS_TOKEN "
+                    "unset)")
 
     def answer(result: Answer) -> Response:
         return json_response(result.document, result.status, result.headers or None)
+
+    access = StatusAccess(config.status_token, answer)
+    status_view = StatusView(journal, dispatcher.pacing, lambda: (feed.clients_count, config.max_live_clients),
+                             stale_after_seconds=config.stale_after_seconds)
+    app.register_blueprint(status_page_blueprint(status_view.snapshot, access.authorize))
+    app.register_blueprint(api_blueprint(journal, access.authorize, answer))
+    register_live_route(app, feed, access.authorize)
 
     # The integration's default comes from the function, not the rule: a rule default would make Werkzeug redirect
     # POST /webhook/default to /webhook (308), which many clients do not follow.
@@ -238,3 +268,12 @@ def create_app(
         return error_response(500, "internal error in the relay; see its log")
 
     return app
+
+
+def shutdown(app: Flask, drain_seconds: float) -> None:
+    """Close live clients first (they must not eat the drain's time), deliver what is queued within drain_seconds,
+    then write the journal's last events and close the store."""
+    app.extensions["rcwebhook.live"].close_all("the relay is shutting down")
+    app.extensions["rcwebhook.dispatcher"].stop(drain_seconds=drain_seconds)
+    app.extensions["rcwebhook.events"].stop()
+    app.extensions["rcwebhook.journal"].store.close()

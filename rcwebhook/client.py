@@ -97,6 +97,23 @@ def _error_text(document: object, body_text: str) -> str:
     return body_text.strip()
 
 
+MESSAGE_ID_MAX_CHARS = 64
+
+
+def message_id_of(body_text: str) -> str | None:
+    """The posted message's id, which Rocket.Chat gives only with "separateResponse": true (servers since mid-2025):
+    {"success":true,"responses":[{"channel":..,"message":{"_id":..}}]}; None otherwise (the pure webhook answer)."""
+    document = _parse_json(body_text)
+    responses = document.get("responses") if isinstance(document, dict) else None
+    if not isinstance(responses, list) or not responses or not isinstance(responses[0], dict):
+        return None
+    message = responses[0].get("message")
+    message_id = message.get("_id") if isinstance(message, dict) else None
+    if isinstance(message_id, str) and 0 < len(message_id) <= MESSAGE_ID_MAX_CHARS and message_id.isprintable():
+        return message_id
+    return None
+
+
 def _is_rocketchat_refusal(document: object) -> bool:
     """Rocket.Chat's own refusal: a JSON object with "success": false (rocketchat-contract.md, every 4xx it sends)."""
     return isinstance(document, dict) and document.get("success") is False
@@ -248,6 +265,7 @@ class RocketChatClient:
             int(remaining) if remaining is not None and 0 <= remaining < 2**31 else None,
             reset_seconds,
             content_dependent=SCRIPT_ERROR_MARKER in reason,  # a script may fail on one alert of a merged post
+            message_id=message_id_of(answer.body_text) if outcome is Outcome.DELIVERED else None,
         )
 
     def close(self) -> None:

@@ -27,6 +27,14 @@ DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
 DEFAULT_REQUEST_READ_TIMEOUT_SECONDS = 10.0
 # Groups remembered for de-duplication, per hook; past it the oldest are forgotten first (about 200 bytes each).
 DEFAULT_MAX_TRACKED_GROUPS = 50_000
+# The journal and state (issue 10). Stale after twice the longest shipped repeat_interval (3 h): a firing alert not
+# notified again for that long may have lost its resolved upstream.
+DEFAULT_STALE_AFTER_HOURS = 6.0
+DEFAULT_STATE_RETENTION_DAYS = 7.0
+DEFAULT_STATE_MAX_ALERTS = 100_000
+DEFAULT_MAX_LIVE_CLIENTS = 32
+DEFAULT_STATE_FILE_NAME = "rocketchat-webhook.sqlite3"  # in the working directory, without STATE_DIRECTORY
+STATE_DIRECTORY_FILE_NAME = "state.sqlite3"
 
 WEBHOOK_VARIABLE = {
     "critical": "ROCKETCHAT_WEBHOOK_CRITICAL",
@@ -90,6 +98,13 @@ class Config:
     request_read_timeout_seconds: float = DEFAULT_REQUEST_READ_TIMEOUT_SECONDS
     max_tracked_groups: int = DEFAULT_MAX_TRACKED_GROUPS
     routes_file: str = ""  # ROUTES_FILE: when set, the whole routing configuration (routes_file.py reads it)
+    state_url: str = "memory://"  # STATE_URL, or the default SQLite file (store.open_store reads it)
+    state_url_is_default: bool = False  # unusable: fall back to memory:// with a WARNING (else exit 2)
+    stale_after_seconds: float = DEFAULT_STALE_AFTER_HOURS * 3600
+    state_retention_seconds: float = DEFAULT_STATE_RETENTION_DAYS * 86400
+    state_max_alerts: int = DEFAULT_STATE_MAX_ALERTS
+    status_token: str = field(default="", repr=False)
+    max_live_clients: int = DEFAULT_MAX_LIVE_CLIENTS
 
     @property
     def destinations(self) -> tuple[Destination, ...]:
@@ -102,7 +117,7 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line, an answer or an error."""
-        values = [self.webhook_token, self.metrics_token, self.webhook_token_previous]
+        values = [self.webhook_token, self.metrics_token, self.webhook_token_previous, self.status_token]
         for destination in self.destinations:
             values.extend(secret_parts_of_url(destination.url))
         return tuple(sorted({value for value in values if value}, key=len, reverse=True))
@@ -308,6 +323,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         max_tracked_groups=int(
             _number(environ, "MAX_TRACKED_GROUPS", DEFAULT_MAX_TRACKED_GROUPS, integer=True, minimum=1)
         ),
+        **_state_settings(environ),
     )
     if config.max_queued_bytes < config.max_body_bytes:
         raise ConfigError(
@@ -330,3 +346,45 @@ def describe_config(config: Config) -> list[str]:
         )
     return lines
 
+
+
+def default_state_url(environ: Mapping[str, str]) -> str:
+    """SQLite in $STATE_DIRECTORY (systemd's StateDirectory=, the image's volume), else in the working directory.
+
+    systemd may list several directories separated by colons; the first is the relay's."""
+    directory = environ.get("STATE_DIRECTORY", "").strip().split(":")[0].strip()
+    if directory:
+        return f"sqlite:///{os.path.join(directory, STATE_DIRECTORY_FILE_NAME)}"
+    return f"sqlite:///{DEFAULT_STATE_FILE_NAME}"
+
+
+def _state_url(environ: Mapping[str, str]) -> tuple[str, bool]:
+    url = _read_setting(environ, "STATE_URL")
+    if not url:
+        return default_state_url(environ), True
+    if url in ("memory://", "memory:"):
+        return "memory://", False
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return url, False
+    raise ConfigError(
+        "STATE_URL must be sqlite:///<path> (sqlite:////var/lib/x/state.sqlite3 for an absolute path) or memory://"
+    )
+
+
+def _state_settings(environ: Mapping[str, str]) -> dict:
+    state_url, is_default = _state_url(environ)
+    return dict(
+        state_url=state_url,
+        state_url_is_default=is_default,
+        stale_after_seconds=3600 * _number(
+            environ, "STALE_AFTER_HOURS", DEFAULT_STALE_AFTER_HOURS, integer=False, minimum=0.01
+        ),
+        state_retention_seconds=86400 * _number(
+            environ, "STATE_RETENTION_DAYS", DEFAULT_STATE_RETENTION_DAYS, integer=False, minimum=0.001
+        ),
+        state_max_alerts=int(_number(environ, "STATE_MAX_ALERTS", DEFAULT_STATE_MAX_ALERTS, integer=True, minimum=1)),
+        status_token=_read_setting(environ, "STATUS_TOKEN"),
+        max_live_clients=int(
+            _number(environ, "MAX_LIVE_CLIENTS", DEFAULT_MAX_LIVE_CLIENTS, integer=True, minimum=0)
+        ),
+    )

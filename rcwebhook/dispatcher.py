@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from .config import Config
 from .delivery import answer_within_seconds
-from .hookqueue import Batch, Hook, HookQueue, Job, JobState, Part, dedup_key
+from .events import PostFinished, post_alerts
+from .hookqueue import Batch, FinishedGroup, Hook, HookQueue, Job, JobState, Part, dedup_key
 from .metrics import Metrics
 from .model import Notification
 from .outcome import Outcome, PostResult
+from .store import GroupMemory
 
 logger = logging.getLogger("rcwebhook.delivery")
 
@@ -29,6 +32,11 @@ MIN_EXCHANGE_SECONDS = 0.5
 INTERNAL_ERROR_PAUSE_SECONDS = 0.1
 INTERNAL_ERROR_PAUSE_CAP_SECONDS = 5.0
 UNHEALTHY_AFTER_INTERNAL_ERRORS = 5
+
+
+def hook_key(url: str) -> str:
+    """What the store knows a hook by: a digest of its URL (the URL holds the hook's token)."""
+    return hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 class RoundFailed(Exception):
@@ -65,8 +73,12 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        publish: Callable[[object], None] = lambda event: None,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self.channel = channel
+        self.publish = publish  # events for the journal and the live feed; never blocks
+        self.wall_clock = wall_clock
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.config = config
@@ -106,6 +118,34 @@ class Dispatcher:
                 self.internal_errors_in_a_row[hook.url] = 0
                 if self.running and self.started_in_pid == os.getpid():
                     self._start_worker(hook.url)
+
+    def restore_groups(self, memories: Iterable[GroupMemory]) -> int:
+        """Put the de-duplication memory read back at start into the queues (oldest first, before any traffic), so
+        an HA peer's copy arriving just after a restart is still recognised. Returns how many were restored."""
+        by_key = {hook_key(url): queue for url, queue in self.queues.items()}
+        restored = 0
+        with self.condition:
+            now, wall_now = self.clock(), self.wall_clock()
+            for memory in memories:
+                queue = by_key.get(memory.hook_key)
+                if queue is None or memory.group_id in queue.latest_by_group:
+                    continue
+                finished_at = now - max(0.0, wall_now - memory.finished_at)
+                queue.latest_by_group[memory.group_id] = FinishedGroup(
+                    memory.dedup_key, memory.state, memory.status, memory.reason, finished_at, finished_at
+                )
+                restored += 1
+        return restored
+
+    def _group_memories(self, queue: HookQueue, finished: Sequence[Job]) -> tuple[GroupMemory, ...]:
+        key, wall_now, now = hook_key(queue.destination.url), self.wall_clock(), self.clock()
+        memories = []
+        for job in finished:
+            if job.group_id is None or job.dedup_key is None or job.finished_at is None:
+                continue
+            memories.append(GroupMemory(key, job.group_id, job.dedup_key, job.state, job.status, job.reason,
+                                        wall_now - (now - job.finished_at)))
+        return tuple(memories)
 
     # -- life cycle ---------------------------------------------------------------------------------------------
 
@@ -228,6 +268,25 @@ class Dispatcher:
             waits = [self.queues[job.destination.url].seconds_until_post(now) for job in jobs if not job.finished]
         return max(waits, default=0.0)
 
+    def pacing(self) -> list[dict]:
+        """Each hook's pacing now, by destination name (the status page): posts in the window against the budget,
+        what is queued, and when the next post may go (None with nothing queued)."""
+        now = self.clock()
+        with self.condition:
+            rows = []
+            for queue in self.queues.values():
+                limit = queue.budget.limit
+                due = queue.due_at(now)
+                rows.append({
+                    "destination": queue.destination.name,
+                    "posts_in_window": queue.budget.used(now) if limit.enabled else 0,
+                    "budget": limit.count if limit.enabled else None,
+                    "window_seconds": limit.window_seconds if limit.enabled else None,
+                    "queued": queue.pending_count,
+                    "next_post_in_seconds": None if due is None else round(max(0.0, due - now), 1),
+                })
+        return rows
+
     # -- workers ------------------------------------------------------------------------------------------------
 
     def _next_batch(self, queue: HookQueue) -> Batch | None:
@@ -331,6 +390,11 @@ class Dispatcher:
             self.condition.notify_all()
         if result is not None:
             self._count_post(name, batch, result, elapsed_seconds, is_retry, finished)
+            self.publish(PostFinished(
+                name, result.outcome.value, result.status, result.message_id,
+                post_alerts([alert for _, alerts in batch.parts for alert in alerts]), round(elapsed_seconds * 1000, 1),
+                self.wall_clock(), self._group_memories(queue, finished),
+            ))
         log_post(queue.destination, batch, result, elapsed_seconds * 1000)
         if internal_error:
             raise RoundFailed(queue.destination.name)  # counted by _work: no clean round

@@ -129,6 +129,31 @@ class Metrics:
             "When the route table in force was loaded (start or SIGHUP), in Unix seconds.", registry=registry,
         )
 
+        self.journal_up = Gauge(
+            f"{PREFIX}_journal_up",
+            "Whether the journal's store (STATE_URL) took its last write (1) or not (0); delivery goes on either way.",
+            registry=registry,
+        )
+        self.journal_write_failures = Counter(
+            f"{PREFIX}_journal_write_failures_total", "Batches of journal records the store could not write.",
+            registry=registry,
+        )
+        self.journal_records_pruned = Counter(
+            f"{PREFIX}_journal_records_pruned_total",
+            "Alert records forgotten by retention (STATE_RETENTION_DAYS, STATE_MAX_ALERTS).", registry=registry,
+        )
+        self.events_dropped = Counter(
+            f"{PREFIX}_events_dropped_total",
+            "Events for the journal and the live feed dropped because their queue was full.", registry=registry,
+        )
+        self.live_clients = Gauge(
+            f"{PREFIX}_live_clients", "WebSocket clients following GET /ws now.", registry=registry,
+        )
+        self.live_clients_closed = Counter(
+            f"{PREFIX}_live_clients_closed_total",
+            "WebSocket clients closed by the relay, by reason (slow, full, shutdown).", ["reason"], registry=registry,
+        )
+
     def prime(self, destination_names: Iterable[str]) -> None:
         """Create every destination's series at zero, so alert rules see 0 rather than nothing before a failure."""
         for name in destination_names:
@@ -140,6 +165,10 @@ class Metrics:
             self.queued.labels(name).set(0)
         for where in ("post_worker", "thread"):
             self.internal_errors.labels(where)
+        for reason in ("slow", "full", "shutdown"):
+            self.live_clients_closed.labels(reason)
+        for reason in ("waiting_requests", "intake", "queued_bytes", "shutting_down"):
+            self.overloaded.labels(reason)
 
     def prime_integrations(self, integration_names: Iterable[str]) -> None:
         for name in integration_names:

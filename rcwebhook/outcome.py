@@ -26,6 +26,7 @@ class PostResult:
     # A refusal that a different content may avoid, so the core splits a merged post before giving up on it: every
     # content refusal, and what the channel says depends on content (a hook's script failing on one alert).
     content_dependent: bool = False
+    message_id: str | None = None  # the posted message's id, when Rocket.Chat said it (separateResponse)
 
     def __post_init__(self) -> None:
         if self.outcome is Outcome.CONTENT_REFUSED:

@@ -18,7 +18,9 @@ from .auth import FailedAuthLimiter, TokenSource
 from .config import Config
 from .delivery import DeliveryReport, DeliveryState, answer_status, answer_within_seconds
 from .dispatcher import Dispatcher, Overloaded
+from .events import AlertsReceived, NotificationAnswered
 from .formatting import classify_severity
+from .logs import request_id_var
 from .metrics import Metrics
 from .model import FIRING, Notification, PayloadError
 from .payload import parse_notification
@@ -112,8 +114,12 @@ class Relay:
         metrics: Metrics,
         *,
         on_new_secret: Callable[[str], None] = lambda secret: None,
+        publish: Callable[[object], None] = lambda event: None,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self.dispatcher = dispatcher
+        self.publish = publish  # events for the journal and the live feed; never blocks
+        self.wall_clock = wall_clock
         self.config = config
         self.metrics = metrics
         self.on_new_secret = on_new_secret
@@ -252,6 +258,9 @@ class Relay:
         if isinstance(accepted, Answer):
             return accepted
         notification, parts, submission = accepted
+        if isinstance(submission, Answer):  # parsed but not queued (overloaded): journaled with its answer
+            self._journal_answer(integration, notification, submission, started, ())
+            return submission
         # The deadline is enforced here, where the request waits, whatever the outbound call is doing. When the
         # hook cannot post again before it (a 429 window, a spent budget), the answer is 503 at once: the work
         # stays queued, and waiting would only hold a thread and a waiting slot.
@@ -285,7 +294,18 @@ class Relay:
         )
         self.metrics.notifications_received.labels(integration, str(status)).inc()
         headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else {}
-        return Answer(status, document, headers)
+        answer = Answer(status, document, headers)
+        self._journal_answer(integration, notification, answer, started,
+                             tuple((report.destination, report.state) for report in reports))
+        return answer
+
+    def _journal_answer(self, integration: str, notification: Notification, answer: Answer, started: float,
+                        destinations: tuple[tuple[str, str], ...]) -> None:
+        elapsed_ms = (self.dispatcher.clock() - started) * 1000
+        self.publish(NotificationAnswered(
+            request_id_var.get(), integration, notification, answer.status, elapsed_ms,
+            self.wall_clock() - elapsed_ms / 1000, destinations,
+        ))
 
     def _accept(self, integration: str, body: bytes):
         """Parse, log, route and queue one body: (notification, parts, submission), or the error Answer."""
@@ -305,14 +325,15 @@ class Relay:
             return error_answer(404, "unknown integration")
         severity_label = table.integrations[integration].severity_label
         log_alerts(notification, severity_label, integration)
-        for alert in notification.alerts:
-            severity = classify_severity(alert.labels, severity_label)
+        severities = tuple(classify_severity(alert.labels, severity_label) for alert in notification.alerts)
+        for alert, severity in zip(notification.alerts, severities):
             self.metrics.alerts_received.labels(alert.status, severity).inc()
+        self.publish(AlertsReceived(request_id_var.get(), integration, notification, severities, self.wall_clock()))
         if notification.skipped:
             self.metrics.alerts_skipped.inc(len(notification.skipped))
         parts = table.route(integration, notification)
         try:
             submission = self.dispatcher.submit(notification, parts, len(body))
         except Overloaded as error:
-            return self.overloaded(str(error), error.kind)
+            return notification, parts, self.overloaded(str(error), error.kind)
         return notification, parts, submission

@@ -31,6 +31,7 @@ LOOK = "How messages look."
 SERVER = "Where the relay listens, and its log."
 DELIVERY = "Delivery, pacing and bounds."
 OUTBOUND = "Reaching a self-hosted Rocket.Chat."
+STATE = "State, the alert journal and the status page."
 HOOK_EXAMPLE = "https://chat.example.com/hooks/INTEGRATION_ID/TOKEN"
 
 SETTINGS: tuple[Setting, ...] = (
@@ -95,6 +96,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_TRACKED_GROUPS", "50000", "notification groups remembered for de-duplication per hook; past it "
             "the oldest are forgotten first (counted in `rocketchat_webhook_tracked_groups_forgotten_total`)",
             DELIVERY),
+    Setting("STATE_URL", "sqlite:///$STATE_DIRECTORY/state.sqlite3",
+            "where state lives (de-duplication memory, the alert journal): `sqlite:///<path>` or `memory://` (lost "
+            "at restart). Unset: that file when `STATE_DIRECTORY` is set, else `sqlite:///rocketchat-webhook.sqlite3` "
+            "in the working directory; when that default cannot be used the relay runs on `memory://` with a "
+            "WARNING, while a `STATE_URL` you set and that cannot be used stops it (exit 2)", STATE, file=True,
+            example="sqlite:////var/lib/rocketchat-webhook/state.sqlite3"),
+    Setting("STATE_DIRECTORY", "", "the directory of the default state file (systemd sets it for "
+            "`StateDirectory=`; the image sets `/var/lib/rocketchat-webhook`, a volume)", STATE),
+    Setting("STALE_AFTER_HOURS", "6", "a firing alert not notified again this long is shown as stale (its "
+            "resolved may have been lost upstream): twice the longest shipped `repeat_interval`", STATE),
+    Setting("STATE_RETENTION_DAYS", "7", "journal records are forgotten this long after their last update",
+            STATE),
+    Setting("STATE_MAX_ALERTS", "100000", "at most this many alert occurrences (and notifications) in the "
+            "journal; the least recently updated go first", STATE),
+    Setting("STATUS_TOKEN", "", "when set, the status page `GET /`, `/api/v1/*` and `/ws` need it as "
+            "`Authorization: Bearer` or the password of HTTP Basic (any user name). Unset: they answer only "
+            "clients on the loopback interface (403 elsewhere)", STATE, file=True, secret=True),
+    Setting("MAX_LIVE_CLIENTS", "32", "WebSocket clients of `GET /ws` at once; `gunicorn.conf.py` adds this many "
+            "threads", STATE),
     Setting("REQUESTS_CA_BUNDLE", "system CAs", "a CA bundle for a self-hosted Rocket.Chat with a private CA",
             OUTBOUND, example="/etc/ssl/certs/internal-ca.pem", read_by="requests"),
     Setting("HTTPS_PROXY", "", "an outbound proxy to Rocket.Chat (`HTTP_PROXY` and `NO_PROXY` likewise)", OUTBOUND,

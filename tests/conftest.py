@@ -7,9 +7,11 @@ import pathlib
 
 import pytest
 
-from rcwebhook.app import create_app
+from rcwebhook import config as config_module
+from rcwebhook.app import create_app, shutdown
 from rcwebhook.client import Outcome, PostResult
 
+ORIGINAL_DEFAULT_STATE_URL = config_module.default_state_url
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 CORPUS = DATA / "corpus"
@@ -55,6 +57,13 @@ def fake_rocketchat():
     return RecordingClient()
 
 
+@pytest.fixture(autouse=True)
+def state_in_memory_by_default(monkeypatch):
+    """Every relay a test builds keeps its state to itself: memory:// unless the test sets STATE_URL (a test of the
+    default file's rules calls rcwebhook.config.default_state_url through ORIGINAL_DEFAULT_STATE_URL)."""
+    monkeypatch.setattr(config_module, "default_state_url", lambda environ: "memory://")
+
+
 @pytest.fixture
 def environ():
     return dict(BASE_ENVIRON)
@@ -64,7 +73,7 @@ def environ():
 def app(environ, fake_rocketchat):
     application = create_app(environ, client=fake_rocketchat)
     yield application
-    application.extensions["rcwebhook.dispatcher"].stop(drain_seconds=0)
+    shutdown(application, drain_seconds=0)
 
 
 @pytest.fixture

@@ -54,11 +54,13 @@ def relay_environ(overrides: Mapping[str, str | None] = ()) -> dict[str, str]:
     load_dotenv() finds .env by walking up from the directory of the code that calls it (rcwebhook/ and the
     directory of gunicorn.conf.py), not from the working directory, so a tmp cwd would not keep a .env in the
     checkout out; PYTHON_DOTENV_DISABLED (python-dotenv >= 1.2) does. A None value in overrides removes the name.
+    STATE_URL is memory:// unless overridden.
     """
     environ = {name: value for name, value in os.environ.items() if _inherited(name)}
     environ["PYTHON_DOTENV_DISABLED"] = "1"
     environ["NO_PROXY"] = environ["no_proxy"] = "127.0.0.1,localhost"
     environ["PYTHONUNBUFFERED"] = "1"
+    environ["STATE_URL"] = "memory://"  # each relay its own state; a test of persistence gives it a file
     for name, value in dict(overrides).items():
         if value is None:
             environ.pop(name, None)

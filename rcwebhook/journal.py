@@ -1,0 +1,265 @@
+"""The alert journal: events in, store records out (written behind, on the event thread), API documents back.
+
+Never on a page's path: a store that cannot be written leaves delivery untouched; the journal logs ERROR once per
+change of state, sets rocketchat_webhook_journal_up, keeps the unwritten records for a while, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Callable, Mapping
+
+from .config import Config, ConfigError
+from .events import AlertsReceived, NotificationAnswered, PostFinished
+from .fingerprint import labels_fingerprint, occurrence_id
+from .metrics import Metrics
+from .model import FIRING, RESOLVED, alert_name
+from .store import (AlertRecord, AlertSeen, Delivery, GroupMemory, NotificationRecord, Store, StoreError,
+                    WriteBatch, open_store)
+from .timefmt import is_unset, parse_timestamp
+
+logger = logging.getLogger("rcwebhook.journal")
+
+PRUNE_INTERVAL_SECONDS = 60.0
+# Records kept while the store cannot be written, so a short outage (a locked file) loses nothing; beyond, the
+# oldest are dropped (and counted as failed writes).
+MAX_UNWRITTEN_RECORDS = 20_000
+API_DEFAULT_LIMIT = 100
+API_MAX_LIMIT = 1000
+
+
+def open_state(config: Config) -> tuple[Store, str]:
+    """The store STATE_URL names, and "" ; or, when the default file cannot be used (a read-only file system after
+    an upgrade, a pod without a volume), memory:// and why, so no running deployment breaks. A STATE_URL the user
+    set that cannot be used is a ConfigError (exit 2)."""
+    try:
+        return open_store(config.state_url), ""
+    except StoreError as error:
+        if not config.state_url_is_default:
+            cause = str(error).removeprefix(f"{config.state_url}: ")
+            raise ConfigError(f"STATE_URL={config.state_url} cannot be used: {cause}") from None
+        reason = (f"the default state file {config.state_url} cannot be used ({error}); state is kept in memory "
+                  "and lost at restart: set STATE_URL or STATE_DIRECTORY to a writable place")
+        logger.warning("%s", reason)
+        return open_store("memory://"), reason
+
+
+class JournalUnavailable(Exception):
+    """The store cannot be read now."""
+
+
+def rfc3339(epoch_seconds: float | None) -> str | None:
+    if epoch_seconds is None:
+        return None
+    moment = datetime.fromtimestamp(epoch_seconds, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def normalised_timestamp(text: str) -> str:
+    """An alert's startsAt/endsAt in RFC 3339 UTC ("" when unset, as sent when it does not parse)."""
+    if is_unset(text):
+        return ""
+    moment = parse_timestamp(text)
+    if moment is None:
+        return text.strip()
+    fraction = f".{moment.microsecond:06d}".rstrip("0").rstrip(".") if moment.microsecond else ""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+
+
+def alert_id_of(fingerprint: str, labels: Mapping[str, str], starts_at: str) -> tuple[str, str]:
+    """(occurrence id, fingerprint): the sender's fingerprint, else Alertmanager's from the labels."""
+    fingerprint = fingerprint or labels_fingerprint(labels)
+    return occurrence_id(fingerprint, normalised_timestamp(starts_at)), fingerprint
+
+
+def records_for(events: list, new_id: Callable[[], str] = lambda: secrets.token_hex(8)) -> WriteBatch:
+    """The store records a batch of events makes (pure)."""
+    batch = WriteBatch()
+    for event in events:
+        if isinstance(event, AlertsReceived):
+            notification = event.notification
+            for alert, severity in zip(notification.alerts, event.severities):
+                alert_id, fingerprint = alert_id_of(alert.fingerprint, alert.labels, alert.starts_at)
+                batch.alerts.append(AlertSeen(
+                    alert_id, fingerprint, normalised_timestamp(alert.starts_at), normalised_timestamp(alert.ends_at),
+                    alert_name(alert, notification), alert.status, severity, event.integration, dict(alert.labels),
+                    dict(alert.annotations), event.received_at,
+                ))
+        elif isinstance(event, NotificationAnswered):
+            alerts = event.notification.alerts
+            batch.notifications.append(NotificationRecord(
+                new_id(), event.request_id, event.integration, event.notification.group_key,
+                event.notification.receiver, sum(alert.status == FIRING for alert in alerts),
+                sum(alert.status == RESOLVED for alert in alerts), event.status_code, round(event.ms, 1),
+                event.received_at, dict(event.destinations),
+            ))
+        elif isinstance(event, PostFinished):
+            for alert in event.alerts:
+                alert_id, _ = alert_id_of(alert.fingerprint, alert.labels, alert.starts_at)
+                batch.deliveries.append(
+                    Delivery(alert_id, event.destination, event.at, event.outcome, event.status, event.message_id)
+                )
+            batch.groups.extend(event.groups)
+    return batch
+
+
+def alert_document(record: AlertRecord, now: float, stale_after_seconds: float) -> dict:
+    """One alert occurrence as GET /api/v1/alerts shows it."""
+    stale = record.status == FIRING and now - record.last_received >= stale_after_seconds
+    return {
+        "id": record.id,
+        "fingerprint": record.fingerprint,
+        "alertname": record.alertname,
+        "status": record.status,
+        "severity": record.severity,
+        "integration": record.integration,
+        "labels": dict(record.labels),
+        "annotations": dict(record.annotations),
+        "starts_at": record.starts_at,
+        "ends_at": record.ends_at,
+        "first_received": rfc3339(record.first_received),
+        "last_received": rfc3339(record.last_received),
+        "resolved_at": rfc3339(record.resolved_at),
+        "stale": stale,
+        "deliveries": [
+            {"destination": delivery.destination, "at": rfc3339(delivery.at), "outcome": delivery.outcome,
+             "status": delivery.status, "message_id": delivery.message_id}
+            for delivery in record.deliveries
+        ],
+    }
+
+
+def notification_document(record: NotificationRecord) -> dict:
+    return {
+        "id": record.id,
+        "request_id": record.request_id,
+        "integration": record.integration,
+        "group_key": record.group_key,
+        "receiver": record.receiver,
+        "alerts": {"firing": record.firing, "resolved": record.resolved},
+        "status_code": record.status_code,
+        "ms": record.ms,
+        "received": rfc3339(record.received),
+        "destinations": dict(record.destinations),
+    }
+
+
+class Journal:
+    """Writes events to the store behind delivery and reads them back for the API and the status page."""
+
+    def __init__(self, store: Store, config: Config, metrics: Metrics, *, fallback_reason: str = "",
+                 wall_clock: Callable[[], float] = time.time):
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.wall_clock = wall_clock
+        self.fallback_reason = fallback_reason  # why the default SQLite file is not used ("" when it is)
+        self.available = True
+        self.detail = ""
+        self.unwritten = WriteBatch()
+        self.next_prune_at = 0.0
+        self.lock = threading.Lock()  # state flags, read by the status page while the event thread writes
+        metrics.journal_up.set(1)
+
+    # -- writing (the event thread) -------------------------------------------------------------------------------
+
+    def on_events(self, events: list) -> None:
+        batch = records_for(events)
+        pending = self._with_unwritten(batch)
+        if not pending:
+            return
+        try:
+            self.store.write(pending)
+        except StoreError as error:
+            self.unwritten = self._bounded(pending)
+            self.metrics.journal_write_failures.inc()
+            self._set_available(False, str(error))
+            return
+        self.unwritten = WriteBatch()
+        self._set_available(True, "")
+        self._maybe_prune()
+
+    def _with_unwritten(self, batch: WriteBatch) -> WriteBatch:
+        if not self.unwritten:
+            return batch
+        kept = self.unwritten
+        return WriteBatch(kept.alerts + batch.alerts, kept.deliveries + batch.deliveries,
+                          kept.notifications + batch.notifications, kept.groups + batch.groups)
+
+    @staticmethod
+    def _bounded(batch: WriteBatch) -> WriteBatch:
+        share = MAX_UNWRITTEN_RECORDS // 4
+        return WriteBatch(batch.alerts[-share:], batch.deliveries[-share:], batch.notifications[-share:],
+                          batch.groups[-share:])
+
+    def _set_available(self, available: bool, detail: str) -> None:
+        with self.lock:
+            changed = available != self.available
+            self.available = available
+            if available:
+                self.detail = ""
+            elif changed:
+                self.detail = f"writes failing since {rfc3339(self.wall_clock())}: {detail}"
+        self.metrics.journal_up.set(1 if available else 0)
+        if changed and not available:
+            logger.error("the journal cannot be written (%s): delivery goes on; the status page and /api/v1 show "
+                         "what was written before", detail)
+        elif changed:
+            logger.warning("the journal can be written again (%s)", self.store.description)
+
+    def _maybe_prune(self) -> None:
+        now = self.wall_clock()
+        if now < self.next_prune_at:
+            return
+        self.next_prune_at = now + PRUNE_INTERVAL_SECONDS
+        try:
+            pruned = self.store.prune(
+                updated_before=now - self.config.state_retention_seconds, max_alerts=self.config.state_max_alerts,
+                groups_finished_before=now - self.config.dedup_window_seconds,
+            )
+        except StoreError as error:
+            self._set_available(False, str(error))
+            return
+        if pruned:
+            self.metrics.journal_records_pruned.inc(pruned)
+            logger.info("journal: forgot %d alert record(s) past retention", pruned)
+
+    # -- reading (request threads) --------------------------------------------------------------------------------
+
+    def load_groups(self) -> list[GroupMemory]:
+        """The de-duplication memory still within its window, for the queues at start."""
+        try:
+            return self.store.load_groups(self.wall_clock() - self.config.dedup_window_seconds)
+        except StoreError as error:
+            logger.error("could not read the de-duplication memory back (%s): starting without it", error)
+            return []
+
+    def _read(self, read: Callable[[], object]):
+        try:
+            return read()
+        except StoreError as error:
+            raise JournalUnavailable(str(error)) from None
+
+    def alerts(self, *, status: str | None = None, severity: str | None = None, integration: str | None = None,
+               limit: int = API_DEFAULT_LIMIT) -> list[dict]:
+        records = self._read(lambda: self.store.alerts(status=status, severity=severity, integration=integration,
+                                                       limit=limit))
+        now = self.wall_clock()
+        return [alert_document(record, now, self.config.stale_after_seconds) for record in records]
+
+    def alert(self, alert_id: str) -> dict | None:
+        record = self._read(lambda: self.store.alert(alert_id))
+        return None if record is None else alert_document(record, self.wall_clock(), self.config.stale_after_seconds)
+
+    def notifications(self, *, limit: int = API_DEFAULT_LIMIT) -> list[dict]:
+        return [notification_document(record) for record in self._read(lambda: self.store.notifications(limit=limit))]
+
+    def state(self) -> dict:
+        with self.lock:
+            available, detail = self.available, self.detail
+        return {"available": available, "store": self.store.description, "fallback": bool(self.fallback_reason),
+                "detail": detail or self.fallback_reason}

@@ -1,0 +1,1 @@
+"""The relay's web pages: the status page at GET / and its static files."""
