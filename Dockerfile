@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN groupadd --system --gid 10001 rcwebhook \
- && useradd --system --uid 10001 --gid rcwebhook --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin rcwebhook
+ && useradd --system --uid 10001 --gid rcwebhook --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin rcwebhook \
+ && mkdir -p /var/lib/rocketchat-webhook && chown 10001:10001 /var/lib/rocketchat-webhook && chmod 0750 /var/lib/rocketchat-webhook
 
 WORKDIR /app
 
@@ -25,8 +26,12 @@ COPY deploy/docker-healthcheck.py ./
 
 # Numeric, so Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
+# State (the journal, the de-duplication memory) in state.sqlite3 there; without a volume it lives and dies with the
+# container, and a read-only root file system makes the relay run on memory:// with a WARNING.
 ENV HOST=0.0.0.0 \
-    PORT=8093
+    PORT=8093 \
+    STATE_DIRECTORY=/var/lib/rocketchat-webhook
+VOLUME ["/var/lib/rocketchat-webhook"]
 EXPOSE 8093
 
 # Slim images have no curl: Python asks GET /health on the relay's own port.

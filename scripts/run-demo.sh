@@ -55,7 +55,11 @@ cat <<MSG
 
     curl -X POST http://127.0.0.1:${RELAY_PORT}/webhook -H 'Content-Type: application/json' -d @test-alert.json
 
-  The mock prints each message it receives below. Ctrl-C stops both.
+  Where to look:
+    http://127.0.0.1:${RELAY_PORT}/             the relay's status page (firing alerts, deliveries, pacing; live)
+    http://127.0.0.1:${MOCK_PORT}/             the mock Rocket.Chat's channels, drawn as Rocket.Chat draws them
+    http://127.0.0.1:${RELAY_PORT}/api/v1/alerts   the alert journal as JSON
+  The mock also prints each message it receives below. Ctrl-C stops both.
 
 MSG
 wait "$relay_pid"
