@@ -6,6 +6,7 @@ import sys
 
 from rcwebhook.cli import CONFIG_ERROR_EXIT_STATUS
 from rcwebhook.config import ConfigError, load_config, load_dotenv_from_working_directory
+from rcwebhook.journal import open_state
 from rcwebhook.routes_file import load_route_table
 from rcwebhook.server import BufferedThreadWorker, raise_open_file_limit
 
@@ -26,7 +27,10 @@ worker_class = BufferedThreadWorker
 # Each waiting Alertmanager request holds a thread for up to DELIVERY_DEADLINE_SECONDS. More threads than
 # MAX_WAITING_REQUESTS leaves room so /health and /ready answer, and the 503 for excess is immediate, in a storm.
 _max_waiting = os.environ.get("MAX_WAITING_REQUESTS", "").strip()
-threads = (int(_max_waiting) if _max_waiting.isdigit() else 128) + 64
+# Each live client of GET /ws holds a thread for as long as it stays connected (its sender; simple-websocket's reader
+# thread comes on top, outside the pool): MAX_LIVE_CLIENTS more, so they never take one from Alertmanager or /health.
+_max_live = os.environ.get("MAX_LIVE_CLIENTS", "").strip()
+threads = (int(_max_waiting) if _max_waiting.isdigit() else 128) + 64 + (int(_max_live) if _max_live.isdigit() else 32)
 # Open connections the worker holds (reading, idle keep-alive or answered): a thousand idle or slow clients (a port
 # scan, a misconfigured load balancer) plus Alertmanager and the probes fit, each costing a buffer, not a thread.
 worker_connections = 4096
@@ -56,7 +60,11 @@ def on_starting(server):
         )
     try:
         # The routes file too: a worker that failed to boot on it would halt gunicorn with its own status, not 2.
-        load_route_table(load_config(os.environ), os.environ)
+        config = load_config(os.environ)
+        load_route_table(config, os.environ)
+        # A STATE_URL someone set must be usable (a default that is not falls back to memory:// in the worker).
+        if not config.state_url_is_default:
+            open_state(config)[0].close()
     except ConfigError as error:
         _fail(error)
     # Raised here, in the master, so the worker it forks inherits the limit.
@@ -81,8 +89,8 @@ def when_ready(server):
 
 
 def post_worker_init(worker):
-    """On SIGTERM, stop taking notifications (GET /ready turns 503) before gunicorn's own graceful stop runs.
-    On SIGHUP, reload the routes in this worker."""
+    """On SIGTERM, close the live clients (GET /ws) and stop taking notifications (GET /ready turns 503) before
+    gunicorn's own graceful stop runs. On SIGHUP, reload the routes in this worker."""
     reloader = worker.wsgi.extensions.get("rcwebhook.reloader")
     if reloader is not None:
         reloader.install_sighup_handler()
@@ -91,6 +99,11 @@ def post_worker_init(worker):
     gunicorn_handler = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
+        # First, and without waiting: each live client's thread sends its close (1001) and ends within
+        # rcwebhook.live.CLOSE_GRACE_SECONDS, so the graceful stop does not wait for browsers that stay.
+        feed = worker.wsgi.extensions.get("rcwebhook.live")
+        if feed is not None:
+            feed.close_all("the relay is shutting down")
         dispatcher = worker.wsgi.extensions.get("rcwebhook.dispatcher")
         if dispatcher is not None:
             dispatcher.begin_shutdown()
@@ -101,9 +114,10 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Deliver what is still queued within the delivery deadline, and log loudly what could not be."""
+    """Deliver what is still queued within the delivery deadline (logging loudly what could not be), then write the
+    journal's last events and close the store."""
     app = getattr(worker, "wsgi", None)
-    dispatcher = app.extensions.get("rcwebhook.dispatcher") if app is not None else None
-    if dispatcher is not None:
-        config = app.extensions["rcwebhook.config"]
-        dispatcher.stop(drain_seconds=config.delivery_deadline_seconds)
+    if app is not None and "rcwebhook.dispatcher" in app.extensions:
+        from rcwebhook.app import shutdown
+
+        shutdown(app, drain_seconds=app.extensions["rcwebhook.config"].delivery_deadline_seconds)

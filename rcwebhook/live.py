@@ -43,8 +43,9 @@ TRY_AGAIN_LATER = 1013
 # A close frame's payload is at most 125 bytes, two of them the code (RFC 6455 section 5.5).
 MAX_CLOSE_REASON_BYTES = 123
 
-# Messages a client may have waiting beyond the batch being offered: a burst of one batch (events.MAX_BATCH_EVENTS,
-# one body of many alerts) always fits, so only a client still behind on earlier batches is closed.
+# Messages a client may have waiting when the next batch comes: a burst of one batch (events.MAX_BATCH_EVENTS, a body
+# of many alerts) always fits, so only a client still behind on earlier batches is closed. A client's buffer thus
+# holds at most this plus one batch, and the texts are shared by all clients (built once per batch).
 DEFAULT_BUFFER_MESSAGES = 256
 # Longest one frame may take to leave (the client's TCP window stays shut): the client is not reading; closed.
 SEND_TIMEOUT_SECONDS = 10.0
@@ -224,10 +225,12 @@ class LiveFeed:
             if not client.offer(messages):
                 self.metrics.live_clients_closed.labels("slow").inc()
 
-    def close_slow(self, client: LiveClient, reason: str) -> None:
-        """A client whose socket would not take a frame in time."""
-        if client.request_close(TRY_AGAIN_LATER, reason):
-            self.metrics.live_clients_closed.labels("slow").inc()
+    def close_slow(self, client: LiveClient, reason: str) -> bool:
+        """A client whose socket would not take a frame in time; False when it was being closed already."""
+        if not client.request_close(TRY_AGAIN_LATER, reason):
+            return False
+        self.metrics.live_clients_closed.labels("slow").inc()
+        return True
 
     def close_all(self, reason: str) -> None:
         """Close every client with 1001 and refuse new ones; returns at once (safe in a signal handler: the main
@@ -263,8 +266,11 @@ class _Wire:
                 left = min(deadline, self.client.close_deadline) - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("the client did not read what was sent to it in time")
+                descriptor = self.sock.fileno()
+                if descriptor < 0:  # closed meanwhile by the reader thread: the client went away
+                    raise BrokenPipeError("the connection is closed")
                 poller = select.poll()  # not select(): descriptors pass 1024 with worker_connections = 4096
-                poller.register(self.sock.fileno(), select.POLLOUT)
+                poller.register(descriptor, select.POLLOUT)
                 poller.poll(min(left, SEND_POLL_SECONDS) * 1000)
         return len(data)
 
@@ -302,11 +308,34 @@ def foreign_origin() -> str | None:
     if origin is None:
         return None  # not a browser (curl, websocat, a script): nothing rides on its credentials
     own = _origin_key(request.scheme, request.host)
-    parts = urlsplit(origin.strip())
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:  # "http://[x": not an origin at all
+        return origin
     theirs = _origin_key(parts.scheme, parts.netloc) if parts.scheme in ("http", "https") else None
     if own is not None and theirs == own and not parts.path and not parts.query:
         return None
     return origin
+
+
+class OccasionalLog:
+    """A warning at most once per interval, with the count of those left out: a page that retries in a loop, or a
+    hostile one, must not flood the log."""
+
+    def __init__(self, interval_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.interval_seconds, self.clock = interval_seconds, clock
+        self.logged_at = -math.inf
+        self.left_out = 0
+        self.lock = threading.Lock()
+
+    def warning(self, text: str) -> None:
+        with self.lock:
+            now = self.clock()
+            if now - self.logged_at < self.interval_seconds:
+                self.left_out += 1
+                return
+            left_out, self.left_out, self.logged_at = self.left_out, 0, now
+        logger.warning("%s%s", text, f" ({left_out} more since the previous such line)" if left_out else "")
 
 
 def _json_refusal(status: int, error: str, headers: dict | None = None) -> Response:
@@ -332,6 +361,7 @@ def register_live_route(app: Flask, feed: LiveFeed, authorize: Callable[[], Resp
     })
     blueprint = Blueprint("live", __name__)
     sock = Sock()
+    cross_origin_log = OccasionalLog()
 
     @blueprint.before_request
     def before_upgrade() -> Response | None:
@@ -341,10 +371,12 @@ def register_live_route(app: Flask, feed: LiveFeed, authorize: Callable[[], Resp
             return refused
         origin = foreign_origin()
         if origin is not None:
-            return _json_refusal(
-                403, f"cross-origin WebSocket refused: Origin {origin[:200]!r} is not this relay's own "
-                f"{request.host_url.rstrip('/')!r} (behind a TLS proxy, let gunicorn trust its X-Forwarded-Proto: "
-                "FORWARDED_ALLOW_IPS)")
+            error = (f"cross-origin WebSocket refused: Origin {origin[:200]!r} is not this relay's own "
+                     f"{request.host_url.rstrip('/')[:200]!r} (behind a TLS proxy, let gunicorn trust its "
+                     "X-Forwarded-Proto: FORWARDED_ALLOW_IPS)")
+            # A browser shows its page nothing of the answer: the operator finds the reason here.
+            cross_origin_log.warning(f"GET /ws: {error}")
+            return _json_refusal(403, error)
         problem = _handshake_problem()
         if problem is not None:
             return _json_refusal(400, problem)
@@ -352,6 +384,9 @@ def register_live_route(app: Flask, feed: LiveFeed, authorize: Callable[[], Resp
         if client is None:
             return _json_refusal(503, refusal, {"Retry-After": "5"})
         g.live_client = client
+        # No permessage-deflate (simple-websocket accepts it whenever a browser offers it): the messages are small,
+        # and compressing each one once per client would spend, in a storm, the CPU that delivery needs.
+        request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         # gunicorn's thread left a read timeout on the socket; the reader thread that starts with the upgrade must
         # wait for the client's frames as long as the client stays (sends are bounded by _Wire instead).
         _connection_socket().settimeout(None)
@@ -385,21 +420,25 @@ def serve_client(ws, client: LiveClient, feed: LiveFeed) -> None:
     try:
         while True:
             for text in client.take(IDLE_CHECK_SECONDS):
+                if client.closing:
+                    break  # asked meanwhile: the close goes out now, not after the rest
                 ws.send(text)
             if not threading.main_thread().is_alive():
                 # The interpreter is exiting without a SIGTERM (gunicorn's SIGINT or SIGQUIT): it joins this thread
                 # before it ends, which would be never while the client stays.
                 feed.close_all("the relay is shutting down")
             if client.closing:
+                if client.close_code == TRY_AGAIN_LATER:
+                    logger.info("closing a live client: %s", client.close_reason)
                 ws.close(client.close_code, client.close_reason)
                 # The client's close frame ends the reader thread: a clean close on both sides.
                 ws.thread.join(max(0.0, client.close_deadline - time.monotonic()))
                 return
             while ws.receive(timeout=0) is not None:  # what the client sends is dropped; raises once it closed
                 pass
-    except TimeoutError:
-        feed.close_slow(client, f"too slow: did not read for {SEND_TIMEOUT_SECONDS:g} s")
-        logger.info("closed a live client that stopped reading")
+    except TimeoutError:  # a frame, or the close frame, did not leave in time: the connection is cut instead
+        if feed.close_slow(client, f"too slow: did not read for {SEND_TIMEOUT_SECONDS:g} s"):
+            logger.info("closed a live client that read nothing for %g s", SEND_TIMEOUT_SECONDS)
     except (ConnectionClosed, LocalProtocolError, OSError) as error:
         logger.debug("live client went away (%s)", type(error).__name__)
     except Exception:  # noqa: BLE001 - a bug of ours costs this client, not the worker's log or the others
