@@ -96,7 +96,11 @@
     if (inFlight) { againAfter = true; return; }
     inFlight = true;
     try {
-      var response = await fetch(fragmentUrl, {credentials: 'same-origin', cache: 'no-store'});
+      // A page opened with user:token@ in its URL resolves relative URLs with those credentials, which fetch()
+      // refuses; the browser still sends them (it logged in with them), so they are dropped from the URL only.
+      var url = new URL(fragmentUrl, location.href);
+      url.username = url.password = '';
+      var response = await fetch(url.href, {credentials: 'same-origin', cache: 'no-store'});
       if (!response.ok) { throw new Error('HTTP ' + response.status); }
       apply(await response.text());
       if (socketOpen) { showState('live', 'live'); }
