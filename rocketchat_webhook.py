@@ -6,6 +6,7 @@ Run `python rocketchat_webhook.py` (development server on HOST:PORT) or
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from rcwebhook.cli import CONFIG_ERROR_EXIT_STATUS
@@ -25,6 +26,7 @@ def build_app_or_exit():
 
 def main(argv=None) -> int:
     """--check-config, --render BODY.json, or serve with the development server on HOST:PORT."""
+    from rcwebhook.app import shutdown
     from rcwebhook.cli import run_command
 
     status = run_command(argv)
@@ -33,9 +35,20 @@ def main(argv=None) -> int:
     application = build_app_or_exit()
     application.extensions["rcwebhook.reloader"].install_sighup_handler()  # kill -HUP re-reads ROUTES_FILE
     config = application.extensions["rcwebhook.config"]
-    # debug stays off whatever LOG_LEVEL says: the Werkzeug debugger would run code for anyone who reaches it.
-    application.run(host=config.host, port=config.port, debug=False, use_reloader=False, threaded=True)
+    # SIGTERM (make run's stop, kill) ends the server as Ctrl-C does, so the journal's last events are written.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        # debug stays off whatever LOG_LEVEL says: the Werkzeug debugger would run code for anyone who reaches it.
+        application.run(host=config.host, port=config.port, debug=False, use_reloader=False, threaded=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown(application, drain_seconds=config.delivery_deadline_seconds)
     return 0
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 _application = None

@@ -201,7 +201,8 @@ def create_app(
                 401, "missing or wrong token: send 'Authorization: Bearer <METRICS_TOKEN>'",
                 {"WWW-Authenticate": 'Bearer realm="rocketchat-webhook metrics"'},
             )
-        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: Flask would add a second charset to CONTENT_TYPE_LATEST's own.
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     @app.before_request
     def start_request() -> None:

@@ -6,11 +6,13 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Sequence
 
 from .channels.rocketchat import RocketChatChannel, format_options
 from .config import ConfigError, load_config, load_dotenv_from_working_directory
 from .hookqueue import Batch, Job, dedup_key
+from .journal import open_state
 from .model import PayloadError
 from .payload import parse_notification
 from .routes import DEFAULT_INTEGRATION, destinations_for
@@ -60,8 +62,34 @@ def _integration(table, name: str):
     return table.integrations[name]
 
 
+def _can_create_in(directory: str) -> bool:
+    """Whether a file can be made there now (a probe file, removed at once: os.access says yes to root on /proc)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".rocketchat-webhook-check-"):
+            return True
+    except OSError:
+        return False
+
+
+def describe_state(config) -> str:
+    """Where state will live: a STATE_URL someone set must open now (ConfigError otherwise, as at start); the
+    default is only looked at, not created, and a fallback to memory:// is said."""
+    if not config.state_url_is_default:
+        open_state(config)[0].close()
+        return f"state: {config.state_url}"
+    path = config.state_url.removeprefix("sqlite:///")
+    directory = os.path.dirname(os.path.abspath(path))
+    usable = os.path.isfile(path) and os.access(path, os.W_OK) or (
+        not os.path.exists(path) and _can_create_in(directory))
+    if usable:
+        return f"state: {config.state_url} (the default)"
+    return (f"state: memory:// (lost at restart): the default {config.state_url} cannot be used here; set STATE_URL "
+            "or STATE_DIRECTORY to a writable place")
+
+
 def check_config() -> int:
     config, table = load_environment_config()
+    state = describe_state(config)
     print("configuration OK")
     for line in table.describe():
         print(f"  {line}")
@@ -72,6 +100,7 @@ def check_config() -> int:
     print(f"  pacing: {config.rate_limit} per hook; de-duplication window: {config.dedup_window_seconds:g}s")
     print(f"  delivery deadline: {config.delivery_deadline_seconds:g}s; max body: {config.max_body_bytes} bytes")
     print(f"  listen: {config.host}:{config.port}; log level {config.log_level}, format {config.log_format}")
+    print(f"  {state}")
     return 0
 
 

@@ -66,8 +66,10 @@ def normalised_timestamp(text: str) -> str:
     moment = parse_timestamp(text)
     if moment is None:
         return text.strip()
-    fraction = f".{moment.microsecond:06d}".rstrip("0").rstrip(".") if moment.microsecond else ""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+    fraction = f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
+    # By hand: strftime("%Y") drops the zero padding of years below 1000 on glibc.
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
+            f"{moment.second:02d}{fraction}Z")
 
 
 def alert_id_of(fingerprint: str, labels: Mapping[str, str], starts_at: str) -> tuple[str, str]:
@@ -245,9 +247,9 @@ class Journal:
             raise JournalUnavailable(str(error)) from None
 
     def alerts(self, *, status: str | None = None, severity: str | None = None, integration: str | None = None,
-               limit: int = API_DEFAULT_LIMIT) -> list[dict]:
+               limit: int = API_DEFAULT_LIMIT, newest_by: str = "first_received") -> list[dict]:
         records = self._read(lambda: self.store.alerts(status=status, severity=severity, integration=integration,
-                                                       limit=limit))
+                                                       limit=limit, newest_by=newest_by))
         now = self.wall_clock()
         return [alert_document(record, now, self.config.stale_after_seconds) for record in records]
 

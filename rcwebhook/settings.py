@@ -96,11 +96,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_TRACKED_GROUPS", "50000", "notification groups remembered for de-duplication per hook; past it "
             "the oldest are forgotten first (counted in `rocketchat_webhook_tracked_groups_forgotten_total`)",
             DELIVERY),
-    Setting("STATE_URL", "sqlite:///$STATE_DIRECTORY/state.sqlite3",
-            "where state lives (de-duplication memory, the alert journal): `sqlite:///<path>` or `memory://` (lost "
-            "at restart). Unset: that file when `STATE_DIRECTORY` is set, else `sqlite:///rocketchat-webhook.sqlite3` "
-            "in the working directory; when that default cannot be used the relay runs on `memory://` with a "
-            "WARNING, while a `STATE_URL` you set and that cannot be used stops it (exit 2)", STATE, file=True,
+    Setting("STATE_URL", "sqlite:///rocketchat-webhook.sqlite3",
+            "where state lives (de-duplication memory, the alert journal): `sqlite:///<path>` (four slashes for an "
+            "absolute path) or `memory://` (lost at restart). Unset: `sqlite:///$STATE_DIRECTORY/state.sqlite3` "
+            "when `STATE_DIRECTORY` is set, else that file in the working directory; when the default cannot be "
+            "used the relay runs on `memory://` with a WARNING, while a `STATE_URL` you set and that cannot be used "
+            "stops it (exit 2)", STATE, file=True,
             example="sqlite:////var/lib/rocketchat-webhook/state.sqlite3"),
     Setting("STATE_DIRECTORY", "", "the directory of the default state file (systemd sets it for "
             "`StateDirectory=`; the image sets `/var/lib/rocketchat-webhook`, a volume)", STATE),
@@ -113,8 +114,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STATUS_TOKEN", "", "when set, the status page `GET /`, `/api/v1/*` and `/ws` need it as "
             "`Authorization: Bearer` or the password of HTTP Basic (any user name). Unset: they answer only "
             "clients on the loopback interface (403 elsewhere)", STATE, file=True, secret=True),
-    Setting("MAX_LIVE_CLIENTS", "32", "WebSocket clients of `GET /ws` at once; `gunicorn.conf.py` adds this many "
-            "threads", STATE),
+    Setting("MAX_LIVE_CLIENTS", "32", "WebSocket clients of `GET /ws` at once (`0` switches the live feed off; "
+            "the page then refreshes only when reloaded); `gunicorn.conf.py` adds this many threads", STATE),
     Setting("REQUESTS_CA_BUNDLE", "system CAs", "a CA bundle for a self-hosted Rocket.Chat with a private CA",
             OUTBOUND, example="/etc/ssl/certs/internal-ca.pem", read_by="requests"),
     Setting("HTTPS_PROXY", "", "an outbound proxy to Rocket.Chat (`HTTP_PROXY` and `NO_PROXY` likewise)", OUTBOUND,

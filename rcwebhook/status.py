@@ -9,7 +9,7 @@ from . import __version__
 from .journal import Journal, JournalUnavailable, rfc3339
 from .timefmt import parse_timestamp
 
-FIRING_SHOWN = 500
+FIRING_SHOWN = 200  # each is a card: a page of thousands would cost every viewer's refresh
 RESOLVED_SHOWN = 25
 NOTIFICATIONS_SHOWN = 25
 
@@ -37,7 +37,7 @@ class StatusView:
         journal_state = self.journal.state()
         try:
             firing = self.journal.alerts(status="firing", limit=FIRING_SHOWN)
-            resolved = self.journal.alerts(status="resolved", limit=RESOLVED_SHOWN)
+            resolved = self.journal.alerts(status="resolved", limit=RESOLVED_SHOWN, newest_by="resolved_at")
             notifications = self.journal.notifications(limit=NOTIFICATIONS_SHOWN)
         except JournalUnavailable as error:
             firing, resolved, notifications = [], [], []

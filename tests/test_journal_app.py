@@ -95,7 +95,8 @@ def test_the_api_filters_and_refuses_bad_queries_with_json(relay):
     assert [a["severity"] for a in get("/api/v1/alerts?severity=warning").get_json()["alerts"]] == ["warning"]
     assert get("/api/v1/alerts?integration=nope").get_json() == {"alerts": []}
     assert len(get("/api/v1/alerts?limit=1").get_json()["alerts"]) == 1
-    for query in ("status=burning", "severity=extreme", "limit=0", "limit=abc", "limit=100000"):
+    for query in ("status=burning", "severity=extreme", "limit=0", "limit=abc", "limit=100000", "limit=%C2%B2",
+                  "limit=" + "9" * 5000, "limit=-1"):
         answer = get(f"/api/v1/alerts?{query}")
         assert answer.status_code == 400 and answer.get_json()["status"] == "error", query
     missing = get("/api/v1/alerts/does-not-exist")

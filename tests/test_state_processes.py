@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import (GUNICORN_COMMAND, REPO, Relay, direct_session, free_port, relay_environ, run_to_exit,
+from helpers import (DEV_SERVER_COMMAND, GUNICORN_COMMAND, REPO, Relay, direct_session, free_port, relay_environ, run_to_exit,
                      wait_until)
 
 sys.path.insert(0, str(REPO))
@@ -38,7 +38,8 @@ def environ_for(mock: MockRocketChat, **extra: str | None) -> dict[str, str]:
 def body(index: int) -> bytes:
     return json.dumps({"groupKey": f"storm-{index}", "receiver": "rocketchat", "alerts": [
         {"status": "firing", "labels": {"alertname": f"Storm{index}", "severity": "warning", "instance": f"i{index}"},
-         "annotations": {"summary": "storm " * 20}, "startsAt": "2026-12-01T10:00:00Z"}]}).encode()
+         "annotations": {"summary": "storm " * 20}, "startsAt": "2026-12-01T10:00:00Z",
+         "fingerprint": f"{index:016x}"}]}).encode()
 
 
 def worker_pids(master_pid: int) -> list[int]:
@@ -123,3 +124,32 @@ def test_an_unusable_state_url_someone_set_is_a_configuration_error(tmp_path, mo
     lines = [line for line in finished.stderr.splitlines() if "configuration error" in line]
     assert len(lines) == 1 and "STATE_URL=" in lines[0], finished.stderr
     assert "Traceback" not in finished.stderr and "Booting worker" not in finished.stderr
+
+
+def test_check_config_opens_a_state_url_someone_set_and_says_when_the_default_falls_back(tmp_path, mock):
+    bad = environ_for(mock, STATE_URL=f"sqlite:///{tmp_path}/missing/state.sqlite3")
+    finished = run_to_exit((*DEV_SERVER_COMMAND, "--check-config"), env=bad, cwd=REPO, output_dir=tmp_path,
+                           name="check-bad", timeout_seconds=15)
+    assert finished.returncode == 2 and "STATE_URL=" in finished.stderr, finished.stderr
+    fallback = environ_for(mock, STATE_URL=None, STATE_DIRECTORY="/proc")
+    finished = run_to_exit((*DEV_SERVER_COMMAND, "--check-config"), env=fallback, cwd=REPO,
+                           output_dir=tmp_path, name="check-fallback", timeout_seconds=15)
+    assert finished.returncode == 0, finished.stderr
+    assert "state: memory:// (lost at restart)" in finished.stdout
+    assert list(Path("/proc").glob(".rocketchat-webhook-check-*")) == []
+
+
+def test_the_development_server_writes_the_journal_before_it_stops_on_sigterm(tmp_path, mock):
+    database = tmp_path / "state.sqlite3"
+    relay = Relay.start(DEV_SERVER_COMMAND, environ_for(mock, STATE_URL=f"sqlite:///{database}"),
+                        output_dir=tmp_path)
+    try:
+        assert relay.post_webhook(body(7)).status_code == 200
+        relay.begin_stop()  # at once, as make run's Ctrl-C or kill does: no time for the writer's batch to pass
+        assert relay.process.wait(15) is not None
+    finally:
+        relay.stop()
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT count(*) FROM notifications").fetchone()[0] == 1
+        assert connection.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+        assert connection.execute("SELECT count(*) FROM groups").fetchone()[0] == 1

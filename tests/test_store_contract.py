@@ -145,6 +145,18 @@ def test_alerts_are_newest_first_by_first_received_then_id_and_filtered_by_exact
     assert store.alert("nope") is None
 
 
+def test_resolved_alerts_can_be_listed_by_when_they_resolved(store):
+    # A long outage that resolved just now comes before short blips that resolved earlier but began later.
+    write(store, alerts=[seen("outage", 100.0), seen("blip", 500.0), seen("firing", 50.0)])
+    write(store, alerts=[seen("blip", 600.0, status="resolved")])
+    write(store, alerts=[seen("outage", 900.0, status="resolved")])
+    assert [r.id for r in store.alerts(status="resolved")] == ["blip", "outage"]
+    assert [r.id for r in store.alerts(status="resolved", newest_by="resolved_at")] == ["outage", "blip"]
+    assert [r.id for r in store.alerts(newest_by="resolved_at")] == ["outage", "blip", "firing"]
+    with pytest.raises(StoreError):
+        store.alerts(newest_by="labels")
+
+
 def test_notifications_are_newest_first_and_replaced_by_id(store):
     write(store, notifications=[notification("n1", 100.0), notification("n3", 200.0), notification("n2", 200.0)])
     write(store, notifications=[notification("n1", 150.0, {"ops": "failed", "pager": "refused"}, status_code=502)])

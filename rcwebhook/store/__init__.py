@@ -141,9 +141,10 @@ class Store(Protocol):
 
     def alerts(
         self, *, status: str | None = None, severity: str | None = None, integration: str | None = None,
-        limit: int = 100,
+        limit: int = 100, newest_by: str = "first_received",
     ) -> list[AlertRecord]:
-        """Occurrences, newest first (by first_received, then id), filtered by exact values when given."""
+        """Occurrences, newest first (by first_received, or by resolved_at with never-resolved ones last; then id,
+        descending), filtered by exact values when given."""
 
     def alert(self, alert_id: str) -> AlertRecord | None: ...
 

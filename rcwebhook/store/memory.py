@@ -107,14 +107,19 @@ class MemoryStore:
 
     def alerts(
         self, *, status: str | None = None, severity: str | None = None, integration: str | None = None,
-        limit: int = 100,
+        limit: int = 100, newest_by: str = "first_received",
     ) -> list[AlertRecord]:
+        if newest_by not in ("first_received", "resolved_at"):
+            raise StoreError(f"cannot order alerts by {newest_by!r}")
         wanted = {name: value for name, value in
                   (("status", status), ("severity", severity), ("integration", integration)) if value is not None}
         with self._lock:
             self._check_open()
             found = [record for record in self._alerts.values()
                      if all(getattr(record, name) == value for name, value in wanted.items())]
+        if newest_by == "resolved_at":  # never resolved: last, as SQLite sorts NULLs in a descending order
+            return heapq.nlargest(max(limit, 0), found, key=lambda record: (
+                record.resolved_at is not None, record.resolved_at or 0.0, record.id))
         return heapq.nlargest(max(limit, 0), found, key=lambda record: (record.first_received, record.id))
 
     def alert(self, alert_id: str) -> AlertRecord | None:

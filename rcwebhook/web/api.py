@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from flask import Blueprint, Response, request
@@ -17,7 +18,8 @@ def _limit() -> int | Answer:
     text = request.args.get("limit", "").strip()
     if not text:
         return API_DEFAULT_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= API_MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also takes "²", and thousands of digits exceed int()'s limit (a 500).
+    if not re.fullmatch(r"[0-9]{1,6}", text) or not 1 <= int(text) <= API_MAX_LIMIT:
         return error_answer(400, f"limit must be a whole number from 1 to {API_MAX_LIMIT}")
     return int(text)
 

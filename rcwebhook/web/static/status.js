@@ -5,6 +5,10 @@
   'use strict';
 
   var DEBOUNCE_MS = 250; // one fetch for a burst of events
+  // At most one fetch a second per open page: in a storm every event would otherwise make each viewer re-render
+  // the page on the relay that is delivering the storm.
+  var MIN_INTERVAL_MS = 1000;
+  var lastFetchAt = 0;
   var TICK_MS = 30000; // refresh anyway, so "firing for" durations move
   var BACKOFF_FIRST_MS = 1000;
   var BACKOFF_MAX_MS = 30000;
@@ -114,10 +118,12 @@
 
   function schedule() {
     if (debounceTimer !== null) { return; }
+    var delay = Math.max(DEBOUNCE_MS, lastFetchAt + MIN_INTERVAL_MS - Date.now());
     debounceTimer = setTimeout(function () {
       debounceTimer = null;
+      lastFetchAt = Date.now();
       refresh();
-    }, DEBOUNCE_MS);
+    }, delay);
   }
 
   function connect() {
