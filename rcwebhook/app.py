@@ -144,9 +144,9 @@ def create_app(
     events.subscribe(journal.on_events)  # first: a live client reacting to an event finds it in the journal
     events.subscribe(feed.on_events)
     app.extensions.update({"rcwebhook.journal": journal, "rcwebhook.events": events, "rcwebhook.live": feed})
-    dispatcher = Dispatcher(channel, list(table.hooks.values()), config, metrics=metrics, publish=events.publish)
-    restored = dispatcher.restore_groups(journal.load_groups())
-    dispatcher.start()
+    dispatcher = Dispatcher(channel, list(table.hooks.values()), config, metrics=metrics, publish=events.publish,
+                            remembered_groups=journal.load_groups)
+    dispatcher.start()  # reads the de-duplication memory back first
     events.start()
     app.extensions["rcwebhook.dispatcher"] = dispatcher
 
@@ -161,6 +161,7 @@ def create_app(
     app.extensions["rcwebhook.reloader"] = reloader
 
     relay.announce()
+    restored = dispatcher.restored_groups
     logger.info("state in %s%s", store.description,
                 f" ({restored} de-duplication entries read back)" if restored else "")
     if not config.status_token:

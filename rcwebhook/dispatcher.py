@@ -75,10 +75,15 @@ class Dispatcher:
         metrics: Metrics | None = None,
         publish: Callable[[object], None] = lambda event: None,
         wall_clock: Callable[[], float] = time.time,
+        remembered_groups: Callable[[], Iterable[GroupMemory]] = lambda: (),
     ):
         self.channel = channel
         self.publish = publish  # events for the journal and the live feed; never blocks
         self.wall_clock = wall_clock
+        # The de-duplication memory in the Store, read back each time the workers start in a new process (gunicorn
+        # --preload builds the app in the master; a worker respawned later must see what was written since).
+        self.remembered_groups = remembered_groups
+        self.restored_groups = 0
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.config = config
@@ -155,6 +160,7 @@ class Dispatcher:
                 return self
             # Threads do not survive a fork (gunicorn --preload imports the app in the master): start them anew.
             self.running, self.started_in_pid, self.workers = True, os.getpid(), {}
+            self.restored_groups = self.restore_groups(self.remembered_groups())
             for url in self.queues:
                 self._start_worker(url)
         return self

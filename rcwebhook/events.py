@@ -20,8 +20,11 @@ from .store import GroupMemory
 
 logger = logging.getLogger("rcwebhook.events")
 
-# Events waiting for the subscribers; a storm of 50 req/s × 100 alerts stays far below it while the disk keeps up.
+# Events waiting for the subscribers, bounded in number and in the bytes of the bodies they hold (an event keeps
+# its notification until it is written); a storm of 50 req/s stays far below both while the disk keeps up.
 MAX_PENDING_EVENTS = 50_000
+MAX_PENDING_EVENT_BYTES = 32 * 1024 * 1024
+SMALL_EVENT_BYTES = 256  # a post's event, or one whose body size is not known
 # The subscribers get what accumulated in this long at most, as one list (the journal writes it in one transaction).
 BATCH_SECONDS = 0.05
 MAX_BATCH_EVENTS = 2_000
@@ -36,6 +39,7 @@ class AlertsReceived:
     notification: Notification
     severities: tuple[str, ...]  # normalised, one per alert of notification.alerts
     received_at: float  # wall clock
+    size_bytes: int = SMALL_EVENT_BYTES  # the body's size, for the queue's bound
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,13 @@ Subscriber = Callable[[list], None]
 class EventBus:
     """A bounded queue of events and the one thread that hands them to the subscribers."""
 
-    def __init__(self, *, max_pending: int = MAX_PENDING_EVENTS, on_dropped: Callable[[int], None] = lambda n: None,
-                 wall_clock: Callable[[], float] = time.time):
+    def __init__(self, *, max_pending: int = MAX_PENDING_EVENTS, max_pending_bytes: int = MAX_PENDING_EVENT_BYTES,
+                 on_dropped: Callable[[int], None] = lambda n: None):
         self.subscribers: list[Subscriber] = []
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.pending_bytes = 0
         self.on_dropped = on_dropped
-        self.wall_clock = wall_clock
         self.pending: collections.deque = collections.deque()
         self.condition = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -103,8 +108,9 @@ class EventBus:
     def publish(self, event: object) -> None:
         if self.started_in_pid != os.getpid() and self.running:
             self.start()  # threads do not survive a fork (gunicorn --preload builds the app in the master)
+        size_bytes = getattr(event, "size_bytes", SMALL_EVENT_BYTES)
         with self.condition:
-            if len(self.pending) >= self.max_pending:
+            if len(self.pending) >= self.max_pending or self.pending_bytes + size_bytes > self.max_pending_bytes:
                 if not self._dropped_logged:
                     self._dropped_logged = True
                     logger.error("the event queue is full (%d): events for the journal and the live feed are "
@@ -112,6 +118,7 @@ class EventBus:
                 self.on_dropped(1)
                 return
             self.pending.append(event)
+            self.pending_bytes += size_bytes
             if len(self.pending) == 1:
                 self.condition.notify_all()
 
@@ -132,8 +139,10 @@ class EventBus:
                 return None
             batch = []
             while self.pending and len(batch) < MAX_BATCH_EVENTS:
-                batch.append(self.pending.popleft())
-            if len(self.pending) < self.max_pending // 2:
+                event = self.pending.popleft()
+                self.pending_bytes -= getattr(event, "size_bytes", SMALL_EVENT_BYTES)
+                batch.append(event)
+            if len(self.pending) < self.max_pending // 2 and self.pending_bytes < self.max_pending_bytes // 2:
                 self._dropped_logged = False
             self.busy = True
             return batch

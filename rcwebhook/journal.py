@@ -27,7 +27,7 @@ logger = logging.getLogger("rcwebhook.journal")
 PRUNE_INTERVAL_SECONDS = 60.0
 # Records kept while the store cannot be written, so a short outage (a locked file) loses nothing; beyond, the
 # oldest are dropped (and counted as failed writes).
-MAX_UNWRITTEN_RECORDS = 20_000
+MAX_UNWRITTEN_RECORDS = 8_000
 API_DEFAULT_LIMIT = 100
 API_MAX_LIMIT = 1000
 

@@ -328,7 +328,8 @@ class Relay:
         severities = tuple(classify_severity(alert.labels, severity_label) for alert in notification.alerts)
         for alert, severity in zip(notification.alerts, severities):
             self.metrics.alerts_received.labels(alert.status, severity).inc()
-        self.publish(AlertsReceived(request_id_var.get(), integration, notification, severities, self.wall_clock()))
+        self.publish(AlertsReceived(request_id_var.get(), integration, notification, severities, self.wall_clock(),
+                                    len(body)))
         if notification.skipped:
             self.metrics.alerts_skipped.inc(len(notification.skipped))
         parts = table.route(integration, notification)

@@ -206,3 +206,18 @@ def test_the_page_shows_untrusted_alert_contents_as_text(relay):
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert "HighCPUUsage" in html
+
+
+def test_a_worker_started_in_a_new_process_reads_the_memory_written_since(relay):
+    """gunicorn --preload builds the app in the master; the worker forked later restores from the store again."""
+    body = grouped(TEST_ALERT)
+    assert relay.post(body).status_code == 200 and len(relay.fake.posts) == 2
+    relay.settled()
+    dispatcher = relay.app.extensions["rcwebhook.dispatcher"]
+    for queue in dispatcher.queues.values():
+        queue.latest_by_group.clear()  # what a process that never saw the post knows
+    dispatcher.started_in_pid = -1  # as after a fork
+    dispatcher.start()
+    assert dispatcher.restored_groups == 2
+    again = relay.post(body)
+    assert again.get_json()["deduplicated"] is True and len(relay.fake.posts) == 2
