@@ -9,6 +9,7 @@ import html
 import json
 import math
 import re
+import secrets
 import signal
 import sys
 import threading
@@ -41,6 +42,12 @@ ERROR_TEXT_SIZE = "error-message-size-exceeded"
 ERROR_HREF = "Invalid href value provided"
 ERROR_FIELD = "Invalid attachment field, title and value is required"
 ERROR_SCRIPT = "error-running-script"
+# Refused before any channel is tried (webhooks.ts: the script, then the override check), so answered
+# {"success": false, "error": ...} even with separateResponse; the other refusals are the channel's own.
+ERRORS_BEFORE_CHANNELS = (ERROR_CHANNEL_OVERRIDE, ERROR_SCRIPT)
+# Meteor's Random.id(): 17 characters from its UNMISTAKABLE_CHARS (no 0, 1, I, O, U, V, l).
+MESSAGE_ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTWXYZabcdefghijkmnopqrstuvwxyz"
+MESSAGE_ID_LENGTH = 17
 
 
 @dataclass
@@ -67,6 +74,11 @@ def failure(status: int, error: str, headers: dict[str, str] | None = None) -> R
 def is_number(value, *, integer: bool = False) -> bool:
     """True for an int (or a float unless `integer`), never for a bool."""
     return not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+
+
+def random_id() -> str:
+    """A Rocket.Chat-style id (Meteor's Random.id())."""
+    return "".join(secrets.choice(MESSAGE_ID_ALPHABET) for _ in range(MESSAGE_ID_LENGTH))
 
 
 def utf16_length(text: str) -> int:
@@ -111,6 +123,10 @@ def validate_message(message: dict) -> str | None:
     text = message.get("text") or message.get("msg")  # msg is an alias of text
     if isinstance(text, str) and utf16_length(text.strip()) > MAX_TEXT_UTF16_UNITS:
         return ERROR_TEXT_SIZE
+    tmid = message.get("tmid")
+    if tmid is not None and not isinstance(tmid, str):  # sendMessage's check(tmid: String); null is skipped
+        js_type = "boolean" if isinstance(tmid, bool) else "number" if is_number(tmid) else "object"
+        return f"Match error: Expected string, got {js_type} in field tmid"  # Meteor's wording, approximately
     attachments = message.get("attachments")
     if isinstance(attachments, list):  # anything else is dropped by the server, not refused
         for attachment in attachments:
@@ -160,6 +176,7 @@ class HookState:
 
     integration_id: str
     token: str
+    room_id: str = field(default_factory=random_id)  # the room the hook posts to ("rid" of its messages)
     records: list[dict] = field(default_factory=list)
     requests: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
@@ -202,7 +219,7 @@ class MockRocketChat:
     def __init__(self, hooks: dict[str, tuple[str, str]] | None = None, *, host="127.0.0.1", port=0,
                  rate_limit_count: int = DEFAULT_RATE_LIMIT_COUNT,
                  rate_limit_window_seconds: float = DEFAULT_RATE_LIMIT_WINDOW_SECONDS,
-                 legacy_404: bool = False, quiet: bool = True, clock=time.time):
+                 legacy_404: bool = False, old_server: bool = False, quiet: bool = True, clock=time.time):
         hooks = default_hooks() if hooks is None else hooks
         ids = [integration_id for integration_id, _ in hooks.values()]
         if not hooks or len(set(ids)) != len(ids):
@@ -212,6 +229,9 @@ class MockRocketChat:
                 raise ValueError(f"hook {name!r}: name, id and token must be non-empty and contain no '/'")
         self.host, self.port = host, port
         self.legacy_404, self.quiet, self.clock = legacy_404, quiet, clock
+        # An older server (before mid-2025) ignores separateResponse: every success is a bare {"success": true}.
+        self._old_server_at_start = self.old_server = bool(old_server)
+        self._message_ids: set[str] = set()  # every id handed out, so none is handed out twice
         self._hooks = {name: HookState(integration_id, token) for name, (integration_id, token) in hooks.items()}
         self._lock = threading.RLock()
         self._recorded = threading.Condition(self._lock)  # notified on every recorded message
@@ -330,6 +350,11 @@ class MockRocketChat:
             self.rate_limit_count, self.rate_limit_window_seconds = count, float(window_seconds)
             self._windows.clear()
 
+    def set_old_server(self, enabled=True) -> None:
+        """Behave as a server older than separateResponse (it is ignored: no responses, no message ids answered)."""
+        with self._lock:
+            self.old_server = bool(enabled)
+
     def clear_messages(self) -> None:
         """Forget recorded messages, keep counters."""
         with self._lock:
@@ -337,12 +362,20 @@ class MockRocketChat:
                 state.records.clear()
 
     def reset(self) -> None:
-        """Forget records, counters, limiter windows, faults and disabled flags."""
+        """Forget records, counters, limiter windows, faults and disabled flags; old_server as at start (off)."""
         with self._lock:
             for state in self._hooks.values():
                 state.reset()
             self._windows.clear()
             self._unknown_hook_requests = 0
+            self.old_server = self._old_server_at_start
+
+    def _new_message_id(self) -> str:
+        """A message id never handed out before by this mock (call with the lock held)."""
+        while (message_id := random_id()) in self._message_ids:
+            pass
+        self._message_ids.add(message_id)
+        return message_id
 
     # -- the webhook endpoint --
     def _count_in_window(self, hook_name: str, client_ip: str) -> tuple[int, dict[str, str]]:
@@ -406,17 +439,32 @@ class MockRocketChat:
             with self._lock:
                 state.ignored += 1
             return self._answer(state, success, limit_headers)
+        # Only a boolean true asks for per-channel results (webhooks.ts: `bodyParams.separateResponse === true`).
+        with self._lock:
+            separate = message.get("separateResponse") is True and not self.old_server
+        channel = f"#{name}"  # the integration's one destination channel
         error = validate_message(message)
         if error:
+            if separate and error not in ERRORS_BEFORE_CHANNELS:
+                # The post failed in its only channel, so in every channel: 400 with the per-channel results.
+                return self._answer(state, json_response(400, {
+                    "success": False, "responses": [{"channel": channel, "error": error}]}), limit_headers)
             return self._answer(state, failure(400, error), limit_headers)
+        tmid = message.get("tmid")
         with self._recorded:
-            record = {"hook": name, "message": message, "received_at": self.clock(), "client": client_ip}
+            # The message is stored as posted; its id and thread (tmid, never checked by Rocket.Chat) beside it.
+            record = {"hook": name, "message": message, "received_at": self.clock(), "client": client_ip,
+                      "message_id": self._new_message_id(), "tmid": tmid if isinstance(tmid, str) and tmid else None}
             state.records.append(record)
             self._recorded.notify_all()
         if not self.quiet:
             # One write per message, so messages posted at once by two threads do not interleave.
             sys.stdout.write(describe_message(name, message) + "\n")
             sys.stdout.flush()
+        if separate:
+            return self._answer(state, json_response(200, {
+                "success": True, "responses": [{"channel": channel, "message": sent_message(record, state.room_id)}]}),
+                limit_headers)
         return self._answer(state, success, limit_headers)
 
     # -- the page --
@@ -462,6 +510,12 @@ class MockRocketChat:
             self.set_fault(name, **params)
             return ok
 
+        def set_old_server(params):
+            if not isinstance(params.get("enabled"), bool):
+                raise ValueError('expected {"enabled": true|false}')
+            self.set_old_server(params["enabled"])
+            return ok
+
         def set_disabled(params, name):
             if not isinstance(params.get("disabled"), bool):
                 raise ValueError('expected {"disabled": true|false}')
@@ -478,9 +532,23 @@ class MockRocketChat:
             ("POST", r"/_mock/faults/([^/]+)", set_fault),
             ("DELETE", r"/_mock/faults/([^/]+)", lambda params, name: self.clear_faults(name) or ok),
             ("POST", r"/_mock/hooks/([^/]+)/disabled", set_disabled),
+            ("POST", r"/_mock/old-server", set_old_server),
             ("POST", r"/_mock/rate-limit", lambda params: self.set_rate_limit(
                 params.get("limit"), params.get("window_seconds", self.rate_limit_window_seconds)) or ok),
         ]
+
+
+def sent_message(record: dict, room_id: str) -> dict:
+    """The saved message as a current server answers it in `responses` (the fields a relay may use)."""
+    message = record["message"]
+    text = message.get("text") or message.get("msg")
+    received = record["received_at"]
+    sent = {"_id": record["message_id"], "rid": room_id, "msg": text.strip() if isinstance(text, str) else "",
+            # A JavaScript Date in JSON: ISO 8601, milliseconds, UTC.
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(received)) + f".{int(received * 1000) % 1000:03d}Z"}
+    if record["tmid"] is not None:
+        sent["tmid"] = record["tmid"]
+    return sent
 
 
 def describe_message(hook_name: str, message: dict) -> str:
@@ -548,6 +616,11 @@ a:hover { text-decoration: underline; }
 .field dt { font-weight: bold; font-size: 13px; }
 .field dd { margin: 0; }
 .image { font-size: 13px; color: #6c727a; }
+.thread { margin: 0 16px 8px 62px; border-left: 2px solid #e4e7ea; }
+.thread .message { padding: 6px 12px; border-top: 0; }
+.thread-note { font-size: 12px; color: #6c727a; }
+.thread-note.unknown { color: #a94442; }
+@media (max-width: 600px) { .thread { margin: 0 8px 6px 24px; } .thread .message { padding: 6px 8px; } }
 details summary { cursor: pointer; color: #6c727a; font-size: 13px; }
 @media (max-width: 600px) { main { padding: 4px; } .message { padding: 8px; } .fields { grid-template-columns: 1fr; } }
 """
@@ -637,8 +710,9 @@ def render_attachment(attachment, color_classes: dict[str, str]) -> str:
     return "".join(parts) + f'<div class="{classes}">{"".join(body + details)}</div>'
 
 
-def render_message(record: dict, color_classes: dict[str, str]) -> str:
-    """One recorded message: avatar initial, alias, time, text, attachments."""
+def render_message(record: dict, color_classes: dict[str, str], *, reply: bool = False,
+                   note_html: str = "") -> str:
+    """One recorded message: avatar initial, alias, time, a thread note, text, attachments."""
     message = record["message"]
     alias = message.get("alias") if isinstance(message.get("alias"), str) and message["alias"].strip() else "bot"
     emoji = message.get("emoji") or message.get("icon_emoji")
@@ -646,11 +720,14 @@ def render_message(record: dict, color_classes: dict[str, str]) -> str:
     text = message.get("text") or message.get("msg")
     attachments = message.get("attachments")
     initial = html.escape(alias.strip()[0].upper())
+    anchor = f' id="message-{html.escape(record["message_id"])}"' if record.get("message_id") else ""
     parts = [
-        f'<article class="message"><div class="avatar" aria-hidden="true">{initial}</div><div class="body">',
+        f'<article class="message{" reply" if reply else ""}"{anchor}>'
+        f'<div class="avatar" aria-hidden="true">{initial}</div><div class="body">',
         f'<div class="meta"><span class="alias">{html.escape(alias)}</span><span class="tag">BOT</span>',
         f'<span class="emoji">{escape(emoji)}</span>' if emoji else "",
         f'<time class="time">{received}</time></div>',
+        note_html,
         f'<div class="text">{render_markdown(text)}</div>' if text else "",
         *(render_attachment(attachment, color_classes) for attachment in
           (attachments if isinstance(attachments, list) else [])),
@@ -659,12 +736,51 @@ def render_message(record: dict, color_classes: dict[str, str]) -> str:
     return "".join(parts)
 
 
+def thread_layout(records: list[dict]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Split a hook's records into top-level messages and replies by thread root id (both oldest first).
+
+    A reply's parent is an earlier message of the same hook; a reply to a reply joins its thread's root, and a tmid
+    naming no earlier message leaves the message top-level (Rocket.Chat posts it all the same).
+    """
+    position = {record["message_id"]: index for index, record in enumerate(records) if record.get("message_id")}
+    roots: dict[str, str] = {}  # message id -> its thread root's id, for replies only
+    top_level, replies = [], {}
+    for index, record in enumerate(records):
+        tmid = record.get("tmid")
+        if tmid is not None and position.get(tmid, index) < index:
+            root = roots.get(tmid, tmid)
+            roots[record.get("message_id")] = root
+            replies.setdefault(root, []).append(record)
+        else:
+            top_level.append(record)
+    return top_level, replies
+
+
+def render_channel(records: list[dict], color_classes: dict[str, str]) -> str:
+    """A hook's messages, newest first, each followed by its thread's replies (oldest first, indented)."""
+    top_level, replies = thread_layout(records)
+    parts = []
+    for record in reversed(top_level):
+        note = ""
+        if record.get("tmid") is not None:
+            note = (f'<div class="thread-note unknown">reply to unknown message '
+                    f'<code>{html.escape(record["tmid"])}</code></div>')
+        parts.append(render_message(record, color_classes, note_html=note))
+        thread = replies.get(record.get("message_id"), [])
+        if thread:
+            parts.append(f'<div class="thread" aria-label="{len(thread)} repl{"y" if len(thread) == 1 else "ies"}">'
+                         + "".join(render_message(reply, color_classes, reply=True,
+                                                  note_html='<div class="thread-note">↳ reply in thread</div>')
+                                   for reply in thread) + "</div>")
+    return "".join(parts)
+
+
 def render_page(channels: dict[str, list[dict]]) -> tuple[str, str]:
     """The page of every hook's messages, newest first; returns (HTML, the CSP that allows its one <style>)."""
     color_classes: dict[str, str] = {}  # CSS colour -> class name, filled while drawing the messages
     sections = []
     for name, records in channels.items():
-        messages = "".join(render_message(record, color_classes) for record in reversed(records))
+        messages = render_channel(records, color_classes)
         count = f"{len(records)} message{'' if len(records) == 1 else 's'}"
         messages = messages or '<p class="empty">No messages yet.</p>'
         sections.append(f'<section class="channel" id="channel-{html.escape(name)}"><h2>#{html.escape(name)} '
@@ -679,8 +795,8 @@ def render_page(channels: dict[str, list[dict]]) -> tuple[str, str]:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<meta http-equiv="refresh" content="{PAGE_REFRESH_SECONDS}">'
         f"<title>Mock Rocket.Chat</title><style>{css}</style></head><body>"
-        f"<header><h1>Mock Rocket.Chat</h1><p>Messages posted to each hook, newest first; "
-        f"this page reloads every {PAGE_REFRESH_SECONDS} s.</p></header>"
+        f"<header><h1>Mock Rocket.Chat</h1><p>Messages posted to each hook, newest first, thread replies under "
+        f"their parent; this page reloads every {PAGE_REFRESH_SECONDS} s.</p></header>"
         f"<main>{''.join(sections)}</main></body></html>\n"
     )
     return page, csp
@@ -774,6 +890,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="requests per window per hook and client IP (default 10/60s, as Rocket.Chat)")
     parser.add_argument("--legacy-404", action="store_true",
                         help="answer a bad token 404 JSON like Rocket.Chat 6.x instead of 500 text")
+    parser.add_argument("--old-server", action="store_true",
+                        help="ignore separateResponse like Rocket.Chat before mid-2025 (answers carry no message id)")
     parser.add_argument("--quiet", action="store_true", help="do not print posted messages or requests")
     return parser.parse_args(argv)
 
@@ -786,7 +904,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     mock = MockRocketChat(dict(args.hooks) if args.hooks else None, host=args.host, port=args.port,
                           rate_limit_count=args.rate_limit[0], rate_limit_window_seconds=args.rate_limit[1],
-                          legacy_404=args.legacy_404, quiet=args.quiet)
+                          legacy_404=args.legacy_404, old_server=args.old_server, quiet=args.quiet)
     # A plain flag, polled: a signal handler that sets a threading.Event can deadlock on the Event's own lock when
     # it interrupts the main thread inside Event.wait() (Ctrl-C on `make run` sends SIGINT, then SIGTERM).
     stop_requested = []

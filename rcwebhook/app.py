@@ -145,7 +145,7 @@ def create_app(
     events.subscribe(feed.on_events)
     app.extensions.update({"rcwebhook.journal": journal, "rcwebhook.events": events, "rcwebhook.live": feed})
     dispatcher = Dispatcher(channel, list(table.hooks.values()), config, metrics=metrics, publish=events.publish,
-                            remembered_groups=journal.load_groups)
+                            remembered_groups=journal.load_groups, remembered_threads=journal.load_threads)
     dispatcher.start()  # reads the de-duplication memory back first
     events.start()
     app.extensions["rcwebhook.dispatcher"] = dispatcher

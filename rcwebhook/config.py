@@ -105,6 +105,7 @@ class Config:
     state_max_alerts: int = DEFAULT_STATE_MAX_ALERTS
     status_token: str = field(default="", repr=False)
     max_live_clients: int = DEFAULT_MAX_LIVE_CLIENTS
+    rocketchat_threads: bool = False  # ROCKETCHAT_THREADS: resolved alerts and reminders reply in threads
 
     @property
     def destinations(self) -> tuple[Destination, ...]:
@@ -324,6 +325,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
             _number(environ, "MAX_TRACKED_GROUPS", DEFAULT_MAX_TRACKED_GROUPS, integer=True, minimum=1)
         ),
         **_state_settings(environ),
+        rocketchat_threads=_boolean(environ, "ROCKETCHAT_THREADS"),
     )
     if config.max_queued_bytes < config.max_body_bytes:
         raise ConfigError(
@@ -388,3 +390,14 @@ def _state_settings(environ: Mapping[str, str]) -> dict:
             _number(environ, "MAX_LIVE_CLIENTS", DEFAULT_MAX_LIVE_CLIENTS, integer=True, minimum=0)
         ),
     )
+
+
+def _boolean(environ: Mapping[str, str], name: str) -> bool:
+    text = environ.get(name, "").strip().lower()
+    if not text:
+        return False
+    if text in TRUE_WORDS:
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false")

@@ -13,11 +13,12 @@ from typing import Callable, Iterable, Sequence
 from .config import Config
 from .delivery import answer_within_seconds
 from .events import PostFinished, post_alerts
-from .hookqueue import Batch, FinishedGroup, Hook, HookQueue, Job, JobState, Part, dedup_key
+from .hookqueue import Batch, FinishedGroup, Hook, HookQueue, Job, JobState, Part, dedup_key, is_reminder
 from .metrics import Metrics
-from .model import Notification
+from .model import FIRING, Notification
 from .outcome import Outcome, PostResult
 from .store import GroupMemory
+from .threads import ThreadIndex, ThreadMessage, occurrence_ids, split_for_threads
 
 logger = logging.getLogger("rcwebhook.delivery")
 
@@ -76,6 +77,7 @@ class Dispatcher:
         publish: Callable[[object], None] = lambda event: None,
         wall_clock: Callable[[], float] = time.time,
         remembered_groups: Callable[[], Iterable[GroupMemory]] = lambda: (),
+        remembered_threads: Callable[[], Iterable[ThreadMessage]] = lambda: (),
     ):
         self.channel = channel
         self.publish = publish  # events for the journal and the live feed; never blocks
@@ -84,6 +86,9 @@ class Dispatcher:
         # --preload builds the app in the master; a worker respawned later must see what was written since).
         self.remembered_groups = remembered_groups
         self.restored_groups = 0
+        self.thread_index = ThreadIndex()  # what announced each occurrence, on hooks with threads
+        self.remembered_threads = remembered_threads
+        self.threads_unsupported_warned: set[str] = set()  # hook URLs whose Rocket.Chat gave no message id
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.config = config
@@ -161,6 +166,7 @@ class Dispatcher:
             # Threads do not survive a fork (gunicorn --preload imports the app in the master): start them anew.
             self.running, self.started_in_pid, self.workers = True, os.getpid(), {}
             self.restored_groups = self.restore_groups(self.remembered_groups())
+            self.thread_index.restore(self.remembered_threads())
             for url in self.queues:
                 self._start_worker(url)
         return self
@@ -240,12 +246,13 @@ class Dispatcher:
             if self.queued_bytes + body_bytes > self.max_queued_bytes:
                 raise Overloaded("too many bytes of notifications held (MAX_QUEUED_BYTES)", "queued_bytes")
             submission = Submission([], [])
+            parts = [piece for part in parts for piece in self._threaded(notification, part, now)]
             # The body's bytes are shared among its jobs, so the bound counts each body once.
             share_bytes = body_bytes // max(1, len(parts))
             for part in parts:
                 job = Job(
                     part.hook, notification, part.alerts, dedup_key(notification, part.alerts), share_bytes,
-                    answer_by, looks=part.looks,
+                    answer_by, looks=part.looks, reply_to=part.reply_to,
                 )
                 queue = self.queues[part.hook.url]
                 queued, joined = queue.submit(job, now)
@@ -258,6 +265,26 @@ class Dispatcher:
                 submission.joined.append(joined)
             self.condition.notify_all()
         return submission
+
+    def _threaded(self, notification: Notification, part: Part, now: float) -> list[Part]:
+        """On a hook with threads, the part split into a channel part and replies (threads.py); else the part."""
+        queue = self.queues[part.hook.url]
+        if not getattr(queue.destination, "threads", False):
+            return [part]
+        whole = Job(part.hook, notification, part.alerts, dedup_key(notification, part.alerts), 0)
+        if not is_reminder(notification) and queue.repeats_latest(whole, now):
+            return [part]  # an HA peer's copy: kept whole, it joins what it repeats
+        key = hook_key(part.hook.url)
+        threads_of = {index: self.thread_index.message_for(key, alert_id)
+                      for index, alert_id in enumerate(occurrence_ids(part))}
+        if not any(threads_of.values()):
+            return [part]
+        # Posts pacing can make before the request is answered, less those already queued and a channel post.
+        pending_posts = len(queue.alone_batches) + bool(queue.waiting) + bool(queue.in_flight)
+        capacity = queue.budget.posts_possible(now, queue.last_post_at,
+                                               answer_within_seconds(self.delivery_deadline_seconds))
+        return split_for_threads(part, threads_of, max(0, capacity - pending_posts - 1),
+                                 notification_reason=notification.notification_reason)
 
     def wait(self, submission: Submission, timeout_seconds: float) -> bool:
         """Wait until every job of the submission finished; False when the timeout came first."""
@@ -339,6 +366,28 @@ class Dispatcher:
                     pause = min(INTERNAL_ERROR_PAUSE_CAP_SECONDS, INTERNAL_ERROR_PAUSE_SECONDS * 2 ** min(errors, 16))
                     self.condition.wait(pause)
 
+    def _remember_threads(self, queue: HookQueue, batch: Batch, result: PostResult | None) -> tuple[ThreadMessage, ...]:
+        """A delivered channel post on a hook with threads becomes the thread of each firing occurrence it showed
+        first (called under the condition, so a resolved notification arriving next finds it)."""
+        hook = queue.destination
+        if (result is None or result.outcome is not Outcome.DELIVERED or not getattr(hook, "threads", False)
+                or any(job.reply_to for job in batch.jobs)):
+            return ()
+        if result.message_id is None:
+            if hook.url not in self.threads_unsupported_warned:
+                self.threads_unsupported_warned.add(hook.url)
+                logger.warning(
+                    "threads are on for %s, but Rocket.Chat answered without the message's id (\"separateResponse\" "
+                    "needs a Rocket.Chat from mid-2025 or later): its alerts are posted to the channel as before", hook,
+                )
+            return ()
+        key, wall_now, announced = hook_key(hook.url), self.wall_clock(), []
+        firing = [alert for _, alerts in batch.parts for alert in alerts if alert.status == FIRING]
+        for alert_id in occurrence_ids(Part(hook, tuple(firing))):
+            if self.thread_index.remember(key, alert_id, result.message_id):
+                announced.append(ThreadMessage(key, alert_id, result.message_id, wall_now))
+        return tuple(announced)
+
     def _exchange_seconds(self, batch: Batch) -> float:
         """The time a post may take: what its waiting requests have left, and never less than a third of the
         delivery deadline (2.7 s at 8 s), which the client caps at its own bound (5 s).
@@ -392,6 +441,7 @@ class Dispatcher:
                 finished = [job for job in batch.jobs if job.finished]  # their bytes are released below
             for job in finished:
                 self.queued_bytes -= job.size_bytes
+            announced = self._remember_threads(queue, batch, result)
             self.metrics.queued.labels(name).set(queue.pending_count)
             self.condition.notify_all()
         if result is not None:
@@ -399,7 +449,7 @@ class Dispatcher:
             self.publish(PostFinished(
                 name, result.outcome.value, result.status, result.message_id,
                 post_alerts([alert for _, alerts in batch.parts for alert in alerts]), round(elapsed_seconds * 1000, 1),
-                self.wall_clock(), self._group_memories(queue, finished),
+                self.wall_clock(), self._group_memories(queue, finished), announced,
             ))
         log_post(queue.destination, batch, result, elapsed_seconds * 1000)
         if internal_error:

@@ -75,6 +75,7 @@ class PostFinished:
     ms: float
     at: float  # wall clock
     groups: tuple[GroupMemory, ...] = ()
+    threads: tuple = ()  # threads.ThreadMessage: the occurrences this post announced on a hook with threads
 
 
 def post_alerts(alerts: Sequence[Alert]) -> tuple[PostAlert, ...]:

@@ -65,6 +65,7 @@ class Part:
     hook: Hook
     alerts: tuple[Alert, ...]
     looks: tuple[object, ...] = ()
+    reply_to: str | None = None  # a thread's message id: posted as a reply there (threads.py)
 
 
 @dataclass(eq=False)
@@ -80,6 +81,7 @@ class Job:
     group_id: bytes | None = None  # the digest of its groupKey, once it is remembered for de-duplication
     submitted_at: float = 0.0
     looks: tuple[object, ...] = ()  # per alert, as in Part
+    reply_to: str | None = None  # as in Part; merged only with jobs replying to the same message
     state: str = JobState.QUEUED
     plain_text: bool = False  # Rocket.Chat refused its rich message: it goes alone, as plain text
     status: int | None = None
@@ -120,7 +122,7 @@ class FinishedGroup:
         finished = Job(
             repeat.destination, repeat.notification, repeat.alerts, self.dedup_key, 0, state=self.state,
             status=self.status, reason=self.reason, finished_at=self.finished_at, submitted_at=self.submitted_at,
-            looks=repeat.looks,
+            looks=repeat.looks, reply_to=repeat.reply_to,
         )
         finished.done.set()
         return finished
@@ -159,8 +161,9 @@ def dedup_key(notification: Notification, alerts: Sequence[Alert]) -> bytes | No
     return _digest([notification.group_key, states])
 
 
-def group_id(notification: Notification) -> bytes:
-    return _digest(notification.group_key)
+def group_id(notification: Notification, reply_to: str | None = None) -> bytes:
+    """A group's key in the de-duplication memory; a thread's reply part of it is a group of its own."""
+    return _digest(notification.group_key) if reply_to is None else _digest([notification.group_key, reply_to])
 
 
 def is_reminder(notification: Notification) -> bool:
@@ -215,7 +218,7 @@ class HookQueue:
         if job.dedup_key is None:
             self.waiting.append(job)
             return job, False
-        group = job.group_id = group_id(job.notification)
+        group = job.group_id = group_id(job.notification, job.reply_to)
         latest = self.latest_by_group.get(group)
         if latest is not None and latest.dedup_key == job.dedup_key and not self._expired(latest, now):
             # A reminder repeats on purpose: it joins only a copy still on its way, never a delivered one.
@@ -233,6 +236,13 @@ class HookQueue:
             self.on_group_forgotten()
         self.waiting.append(job)
         return job, False
+
+    def repeats_latest(self, job: Job, now: float) -> bool:
+        """The job is the group's latest notification again, within the window (it would join it)."""
+        if job.dedup_key is None:
+            return False
+        latest = self.latest_by_group.get(group_id(job.notification, job.reply_to))
+        return latest is not None and latest.dedup_key == job.dedup_key and not self._expired(latest, now)
 
     def _forget_oldest_group(self) -> None:
         """The oldest finished group first: a job still queued or in flight is kept while any finished one can go
@@ -296,8 +306,14 @@ class HookQueue:
         if self.alone_batches:
             batch = Batch(self.alone_batches.popleft(), alone=True)
         else:
-            batch = Batch(tuple(self.waiting))
-            self.waiting.clear()
+            # Everything waiting, except replies to another thread than the first job's: one post is one message.
+            reply_to = self.waiting[0].reply_to
+            taken = [job for job in self.waiting if job.reply_to == reply_to]
+            if len(taken) == len(self.waiting):
+                self.waiting.clear()
+            else:
+                self.waiting = collections.deque(job for job in self.waiting if job.reply_to != reply_to)
+            batch = Batch(tuple(taken))
         self.in_flight = batch  # first: after an internal error below, requeue_in_flight() puts it back
         for job in batch.jobs:
             job.state = JobState.IN_FLIGHT
@@ -354,6 +370,17 @@ class HookQueue:
             logger.error(
                 "Rocket.Chat refused a post of %d notifications for %s (HTTP %s: %s); posting them in two halves",
                 len(batch.jobs), self.destination, result.status, result.reason,
+            )
+            return []
+        if result.outcome is Outcome.CONTENT_REFUSED and any(job.reply_to for job in batch.jobs):
+            # A reply refused for its content (a hook's script, a server that checks tmid): the same alerts go once
+            # as a channel message instead, as any refused content does.
+            for job in batch.jobs:
+                job.reply_to, job.state = None, JobState.QUEUED
+            self.alone_batches.appendleft(batch.jobs)
+            logger.error(
+                "Rocket.Chat refused a thread reply for %s (HTTP %s: %s); posting it to the channel instead",
+                self.destination, result.status, result.reason,
             )
             return []
         if result.outcome is Outcome.CONTENT_REFUSED and not batch.plain_text:

@@ -11,16 +11,16 @@ import secrets
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Callable, Mapping
+from typing import Callable
 
 from .config import Config, ConfigError
 from .events import AlertsReceived, NotificationAnswered, PostFinished
-from .fingerprint import labels_fingerprint, occurrence_id
+from .fingerprint import alert_occurrence
 from .metrics import Metrics
 from .model import FIRING, RESOLVED, alert_name
 from .store import (AlertRecord, AlertSeen, Delivery, GroupMemory, NotificationRecord, Store, StoreError,
                     WriteBatch, open_store)
-from .timefmt import is_unset, parse_timestamp
+from .timefmt import normalised_timestamp
 
 logger = logging.getLogger("rcwebhook.journal")
 
@@ -59,25 +59,6 @@ def rfc3339(epoch_seconds: float | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def normalised_timestamp(text: str) -> str:
-    """An alert's startsAt/endsAt in RFC 3339 UTC ("" when unset, as sent when it does not parse)."""
-    if is_unset(text):
-        return ""
-    moment = parse_timestamp(text)
-    if moment is None:
-        return text.strip()
-    fraction = f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
-    # By hand: strftime("%Y") drops the zero padding of years below 1000 on glibc.
-    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
-            f"{moment.second:02d}{fraction}Z")
-
-
-def alert_id_of(fingerprint: str, labels: Mapping[str, str], starts_at: str) -> tuple[str, str]:
-    """(occurrence id, fingerprint): the sender's fingerprint, else Alertmanager's from the labels."""
-    fingerprint = fingerprint or labels_fingerprint(labels)
-    return occurrence_id(fingerprint, normalised_timestamp(starts_at)), fingerprint
-
-
 def records_for(events: list, new_id: Callable[[], str] = lambda: secrets.token_hex(8)) -> WriteBatch:
     """The store records a batch of events makes (pure)."""
     batch = WriteBatch()
@@ -85,7 +66,7 @@ def records_for(events: list, new_id: Callable[[], str] = lambda: secrets.token_
         if isinstance(event, AlertsReceived):
             notification = event.notification
             for alert, severity in zip(notification.alerts, event.severities):
-                alert_id, fingerprint = alert_id_of(alert.fingerprint, alert.labels, alert.starts_at)
+                alert_id, fingerprint = alert_occurrence(alert.fingerprint, alert.labels, alert.starts_at)
                 batch.alerts.append(AlertSeen(
                     alert_id, fingerprint, normalised_timestamp(alert.starts_at), normalised_timestamp(alert.ends_at),
                     alert_name(alert, notification), alert.status, severity, event.integration, dict(alert.labels),
@@ -101,11 +82,12 @@ def records_for(events: list, new_id: Callable[[], str] = lambda: secrets.token_
             ))
         elif isinstance(event, PostFinished):
             for alert in event.alerts:
-                alert_id, _ = alert_id_of(alert.fingerprint, alert.labels, alert.starts_at)
+                alert_id, _ = alert_occurrence(alert.fingerprint, alert.labels, alert.starts_at)
                 batch.deliveries.append(
                     Delivery(alert_id, event.destination, event.at, event.outcome, event.status, event.message_id)
                 )
             batch.groups.extend(event.groups)
+            batch.threads.extend(event.threads)
     return batch
 
 
@@ -190,13 +172,14 @@ class Journal:
             return batch
         kept = self.unwritten
         return WriteBatch(kept.alerts + batch.alerts, kept.deliveries + batch.deliveries,
-                          kept.notifications + batch.notifications, kept.groups + batch.groups)
+                          kept.notifications + batch.notifications, kept.groups + batch.groups,
+                          kept.threads + batch.threads)
 
     @staticmethod
     def _bounded(batch: WriteBatch) -> WriteBatch:
-        share = MAX_UNWRITTEN_RECORDS // 4
+        share = MAX_UNWRITTEN_RECORDS // 5
         return WriteBatch(batch.alerts[-share:], batch.deliveries[-share:], batch.notifications[-share:],
-                          batch.groups[-share:])
+                          batch.groups[-share:], batch.threads[-share:])
 
     def _set_available(self, available: bool, detail: str) -> None:
         with self.lock:
@@ -238,6 +221,15 @@ class Journal:
             return self.store.load_groups(self.wall_clock() - self.config.dedup_window_seconds)
         except StoreError as error:
             logger.error("could not read the de-duplication memory back (%s): starting without it", error)
+            return []
+
+    def load_threads(self) -> list:
+        """The threads' messages within retention (ROCKETCHAT_THREADS), for the dispatcher at start."""
+        try:
+            return self.store.load_threads(self.wall_clock() - self.config.state_retention_seconds)
+        except StoreError as error:
+            logger.error("could not read the threads' message ids back (%s): starting without them; resolved "
+                         "alerts of earlier messages go to the channel", error)
             return []
 
     def _read(self, read: Callable[[], object]):

@@ -129,5 +129,20 @@ class PostBudget:
         gap_seconds = window / (count - burst_posts + 1)
         return max(now, last_post_at + gap_seconds)
 
+    def posts_possible(self, now: float, last_post_at: float | None, horizon_seconds: float, *,
+                       at_most: int = 64) -> int:
+        """How many posts pacing would let go from now until now + horizon_seconds (pure: a copy is spent)."""
+        trial = PostBudget(self.limit)
+        trial.attempt_times = collections.deque(self.attempt_times)
+        trial.server_remaining, trial.server_reset_at = self.server_remaining, self.server_reset_at
+        at, last, posts = now, last_post_at, 0
+        while posts < at_most:
+            at = trial.earliest_post_at(at, last)
+            if at > now + horizon_seconds:
+                break
+            trial.record_attempt(at)
+            last, posts = at, posts + 1
+        return posts
+
     def seconds_until_post(self, now: float, last_post_at: float | None) -> float:
         return max(0.0, self.earliest_post_at(now, last_post_at) - now)

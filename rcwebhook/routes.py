@@ -29,6 +29,7 @@ class Hook:
     name: str
     url: str = field(repr=False)  # holds the hook's secret token
     rate_limit: RateLimit | None = None  # None: ROCKETCHAT_RATE_LIMIT
+    threads: bool = False  # resolved alerts and reminders reply in the thread of the message that announced them
 
     def __str__(self) -> str:
         return self.name
@@ -47,6 +48,7 @@ class RouteDestination:
     avatar_url: str = ""
     template_name: str = ""
     template: object | None = field(default=None, compare=False, repr=False)  # templates.MessageTemplate
+    threads: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ class RouteTable:
             extras = [f"mention {destination.mention}"] if destination.mention else []
             extras += [f"template {destination.template_name}"] if destination.template_name else []
             extras += [f"rate limit {destination.rate_limit}"] if destination.rate_limit else []
+            extras += ["threads"] if destination.threads else []
             lines.append(f"destination {destination.name}: {redacted_url(destination.url)} (hook {hook.name})"
                          + (f", {', '.join(extras)}" if extras else ""))
         return lines
@@ -172,16 +175,18 @@ def redacted_url(url: str) -> str:
 def hooks_named_by_destinations(destinations: Sequence[RouteDestination]) -> dict[str, Hook]:
     """One hook per URL, named by the destinations posting there ("payments+oncall")."""
     names: dict[str, list[str]] = {}
-    limits: dict[str, RateLimit | None] = {}
+    firsts: dict[str, RouteDestination] = {}
     for destination in destinations:
         names.setdefault(destination.url, []).append(destination.name)
-        limits.setdefault(destination.url, destination.rate_limit)
-    return {url: Hook("+".join(parts), url, limits[url]) for url, parts in names.items()}
+        firsts.setdefault(destination.url, destination)
+    return {url: Hook("+".join(parts), url, firsts[url].rate_limit, firsts[url].threads)
+            for url, parts in names.items()}
 
 
 def table_from_environment(config: Config) -> RouteTable:
     """Today's severity routing as a table: a user who sets no ROUTES_FILE sees exactly what they saw before."""
-    options = {"alias": config.alias, "emoji": config.emoji, "avatar_url": config.avatar_url}
+    options = {"alias": config.alias, "emoji": config.emoji, "avatar_url": config.avatar_url,
+               "threads": config.rocketchat_threads}
     destinations: dict[str, RouteDestination] = {}
     for severity in SEVERITIES:
         destinations[severity] = RouteDestination(
@@ -198,5 +203,6 @@ def table_from_environment(config: Config) -> RouteTable:
     )
     # Hooks keep the names they had: by the severities posting there (config.routes), "default" for the default
     # hook alone.
-    hooks = {destination.url: Hook(destination.name, destination.url) for destination in config.destinations}
+    hooks = {destination.url: Hook(destination.name, destination.url, threads=config.rocketchat_threads)
+             for destination in config.destinations}
     return RouteTable(destinations, {DEFAULT_INTEGRATION: integration}, hooks, "the environment")

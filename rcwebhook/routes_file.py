@@ -23,7 +23,7 @@ from .routes import (DEFAULT_INTEGRATION, Integration, Route, RouteDestination, 
 # Names appear in URLs (/webhook/<integration>), logs and metric labels: keep them plain.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOP_LEVEL_KEYS = {"destinations", "integrations", "templates"}
-DESTINATION_KEYS = {"rocketchat", "mention", "rate_limit", "alias", "emoji", "avatar_url", "template"}
+DESTINATION_KEYS = {"rocketchat", "mention", "rate_limit", "alias", "emoji", "avatar_url", "template", "threads"}
 URL_SOURCE_KEYS = {"url", "url_file", "url_env"}
 INTEGRATION_KEYS = {
     "token", "token_file", "token_env", "previous_token", "previous_token_file", "previous_token_env",
@@ -221,8 +221,11 @@ def _destinations(section: Mapping, templates: Mapping, config: Config, environ:
         avatar_url = _string(spec.get("avatar_url") or config.avatar_url, f"{where}.avatar_url")
         if avatar_url and not avatar_url.startswith(("http://", "https://")):
             raise _Problem(f"{where}.avatar_url", "must be an http:// or https:// URL")
+        threads = spec.get("threads", config.rocketchat_threads)
+        if not isinstance(threads, bool):
+            raise _Problem(f"{where}.threads", "must be true or false")
         destinations[name] = RouteDestination(
-            name, url,
+            name, url, threads=threads,
             mention=_string(spec.get("mention") or "", f"{where}.mention"),
             rate_limit=rate_limit,
             alias=_string(spec.get("alias") or config.alias, f"{where}.alias"),
@@ -249,15 +252,17 @@ def _check_url(url: str, where: str) -> None:
 
 
 def _check_shared_hooks(destinations: list[RouteDestination]) -> None:
-    """Destinations on one Rocket.Chat URL share its queue and budget: they must agree on its rate limit."""
+    """Destinations on one Rocket.Chat URL share its queue and budget: they must agree on its rate limit and on
+    threads (one hook's posts are one thread memory)."""
     first_by_url: dict[str, RouteDestination] = {}
     for destination in destinations:
         first = first_by_url.setdefault(destination.url, destination)
-        if first.rate_limit != destination.rate_limit:
-            raise _Problem(
-                f"destinations.{destination.name}.rate_limit",
-                f"differs from that of destinations.{first.name}, which posts to the same Rocket.Chat URL",
-            )
+        for setting in ("rate_limit", "threads"):
+            if getattr(first, setting) != getattr(destination, setting):
+                raise _Problem(
+                    f"destinations.{destination.name}.{setting}",
+                    f"differs from that of destinations.{first.name}, which posts to the same Rocket.Chat URL",
+                )
 
 
 def _integrations(section: Mapping, destinations: Mapping[str, RouteDestination], config: Config,

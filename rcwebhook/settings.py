@@ -47,6 +47,10 @@ SETTINGS: tuple[Setting, ...] = (
             "critical messages", HOOKS, example="@here"),
     Setting("ROCKETCHAT_MENTION_WARNING", "", "the same for warning messages", HOOKS),
     Setting("ROCKETCHAT_MENTION_INFO", "", "the same for info messages", HOOKS),
+    Setting("ROCKETCHAT_THREADS", "false", "`true`: a resolved alert, and a reminder of a firing one, replies in "
+            "the thread of the message that announced it (needs a Rocket.Chat that returns message ids, since "
+            "mid-2025; a reply only in a thread is easy to miss). In a routes file: `threads: true` per destination",
+            HOOKS),
     Setting("ROUTES_FILE", "", "a YAML file of named integrations, label routes, destinations and templates "
             "(see `routes.example.yml`); when set it is the whole routing configuration, and the settings above "
             "are a conflict unless it names them with `url_env:`. `kill -HUP` re-reads it", ROUTING,

@@ -81,3 +81,16 @@ def format_duration(total_seconds: int) -> str:
     amounts = ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s"))
     parts = [f"{amount}{unit}" for amount, unit in amounts if amount]
     return " ".join(parts) or "0s"
+
+
+def normalised_timestamp(text: str) -> str:
+    """An alert's startsAt/endsAt in RFC 3339 UTC ("" when unset, as sent when it does not parse)."""
+    if is_unset(text):
+        return ""
+    moment = parse_timestamp(text)
+    if moment is None:
+        return text.strip()
+    fraction = f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
+    # By hand: strftime("%Y") drops the zero padding of years below 1000 on glibc.
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:"
+            f"{moment.second:02d}{fraction}Z")

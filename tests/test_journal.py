@@ -10,7 +10,8 @@ from tests.conftest import ORIGINAL_DEFAULT_STATE_URL
 from rcwebhook.config import ConfigError, load_config
 from rcwebhook.events import AlertsReceived, NotificationAnswered, PostFinished, post_alerts
 from rcwebhook.fingerprint import labels_fingerprint
-from rcwebhook.journal import Journal, normalised_timestamp, open_state, records_for, rfc3339
+from rcwebhook.journal import Journal, open_state, records_for, rfc3339
+from rcwebhook.timefmt import normalised_timestamp
 from rcwebhook.metrics import Metrics
 from rcwebhook.model import Alert, Notification
 from rcwebhook.store import GroupMemory, StoreError

@@ -80,8 +80,11 @@ def test_post_answers_success_and_records_the_message(mock, session, clock):
     assert response.status_code == 200
     assert response.json() == {"success": True}
     assert response.headers["Content-Type"] == "application/json"
-    assert mock.messages("critical") == [
-        {"hook": "critical", "message": message, "received_at": clock.now, "client": "127.0.0.1"}]
+    [record] = mock.messages("critical")
+    message_id = record.pop("message_id")
+    assert len(message_id) == 17 and set(message_id) <= set(mock_server.MESSAGE_ID_ALPHABET)
+    assert record == {"hook": "critical", "message": message, "received_at": clock.now, "client": "127.0.0.1",
+                      "tmid": None}
     assert mock.messages("warning") == []
 
 

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 def names_read_by_config() -> set[str]:
     source = (REPO / "rcwebhook" / "config.py").read_text()
     names = set(re.findall(r'environ\.get\("([A-Z_]+)"', source))
-    names |= set(re.findall(r'(?:_read_setting|_number)\(\s*environ, "([A-Z_]+)"', source))
+    names |= set(re.findall(r'(?:_read_setting|_number|_boolean)\(\s*environ, "([A-Z_]+)"', source))
     names |= set(re.findall(r'"((?:ROCKETCHAT_WEBHOOK|ROCKETCHAT_MENTION)_[A-Z]+)"', source))
     names.discard("DEBUG")  # the seed's older switch, explained under LOG_LEVEL
     # NAME_FILE is the file form of a setting marked file (WEBHOOK_TOKEN_FILE is also watched for rotation).
@@ -54,7 +54,8 @@ def test_the_defaults_the_list_shows_are_the_ones_config_applies():
         # LOG_FILE's "standard error" describes an absence, STATE_URL's default a rule (tested in test_journal.py).
         if setting.default and hasattr(config, attribute) and setting.name not in ("LOG_FILE", "STATE_URL"):
             value = getattr(config, attribute)
-            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            shown = f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) \
+                else str(value)
             assert shown == setting.default, setting.name
             checked += 1
     assert checked >= 12

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from rcwebhook.store import (
-    MAX_DELIVERIES_PER_ALERT, AlertSeen, Delivery, GroupMemory, NotificationRecord, StoreError, WriteBatch,
+    MAX_DELIVERIES_PER_ALERT, AlertSeen, Delivery, GroupMemory, NotificationRecord, StoreError, ThreadMessage,
+    WriteBatch,
     open_store,
 )
 from rcwebhook.store.memory import MemoryStore
@@ -123,7 +124,7 @@ def test_deliveries_are_appended_and_only_the_newest_are_kept(store):
 def test_a_delivery_for_an_unknown_occurrence_is_dropped(store):
     write(store, deliveries=[delivery("ghost")], notifications=[notification()])
     assert store.alert("ghost") is None
-    assert store.counts() == {"alerts": 0, "notifications": 1, "groups": 0}
+    assert store.counts() == {"alerts": 0, "notifications": 1, "groups": 0, "threads": 0}
     write(store, alerts=[seen("ghost", at=5.0)])
     assert store.alert("ghost").deliveries == () and store.alert("ghost").updated_at == 5.0
 
@@ -179,6 +180,19 @@ def test_group_memory_is_replaced_by_hook_and_group_and_loaded_oldest_first(stor
     assert store.load_groups(121.0) == [] and store.counts()["groups"] == 3
 
 
+def test_a_threads_first_message_is_kept_and_loaded_oldest_first_and_pruned_by_age(store):
+    first = ThreadMessage("hook-a", "occ-1", "msg-first", 100.0)
+    store.write(WriteBatch(threads=[first, ThreadMessage("hook-b", "occ-1", "msg-b", 90.0)]))
+    store.write(WriteBatch(threads=[ThreadMessage("hook-a", "occ-1", "msg-later", 150.0),
+                                    ThreadMessage("hook-a", "occ-2", "msg-2", 120.0)]))
+    assert store.load_threads(0.0) == [ThreadMessage("hook-b", "occ-1", "msg-b", 90.0), first,
+                                       ThreadMessage("hook-a", "occ-2", "msg-2", 120.0)]
+    assert [t.message_id for t in store.load_threads(100.0)] == ["msg-first", "msg-2"]
+    assert store.counts()["threads"] == 3
+    store.prune(updated_before=110.0, max_alerts=10, groups_finished_before=0.0)
+    assert [t.message_id for t in store.load_threads(0.0)] == ["msg-2"]
+
+
 def test_prune_forgets_what_was_last_updated_before_the_time(store):
     write(store, alerts=[seen("old", 100.0), seen("kept", 100.0), seen("edge", 200.0)],
           deliveries=[delivery("old", 150.0), delivery("kept", 250.0)],
@@ -201,14 +215,14 @@ def test_prune_keeps_the_most_recently_updated_beyond_max_alerts(store):
     assert [n.id for n in store.notifications()] == ["n4", "n3"]
     assert store.prune(updated_before=0.0, max_alerts=2, groups_finished_before=0.0) == 0
     assert store.prune(updated_before=0.0, max_alerts=0, groups_finished_before=0.0) == 2
-    assert store.counts() == {"alerts": 0, "notifications": 0, "groups": 0}
+    assert store.counts() == {"alerts": 0, "notifications": 0, "groups": 0, "threads": 0}
 
 
 def test_counts(store):
-    assert store.counts() == {"alerts": 0, "notifications": 0, "groups": 0}
+    assert store.counts() == {"alerts": 0, "notifications": 0, "groups": 0, "threads": 0}
     write(store, alerts=[seen("a"), seen("b"), seen("a", 101.0)], notifications=[notification("n1")],
           groups=[group("h", b"1"), group("h", b"2"), group("h", b"1")])
-    assert store.counts() == {"alerts": 2, "notifications": 1, "groups": 2}
+    assert store.counts() == {"alerts": 2, "notifications": 1, "groups": 2, "threads": 0}
 
 
 def test_any_unicode_is_stored_and_labels_keep_lone_surrogates(store):

@@ -54,7 +54,18 @@ class RocketChatChannel:
         self.client.close()
 
     def render(self, batch: Batch) -> dict:
-        """The message one post carries: rich, or plain text after Rocket.Chat refused the rich one."""
+        """The message one post carries: rich, or plain text after Rocket.Chat refused the rich one; on a hook with
+        threads, a reply names its thread (tmid) and a channel post asks for its message id (separateResponse)."""
+        message = self._message(batch)
+        if batch.jobs and getattr(batch.jobs[0].destination, "threads", False):
+            reply_to = batch.jobs[0].reply_to
+            if reply_to:
+                message["tmid"] = reply_to  # Rocket.Chat does not check it (rocketchat-contract.md)
+            else:
+                message["separateResponse"] = True  # answered with responses[0].message._id since mid-2025
+        return message
+
+    def _message(self, batch: Batch) -> dict:
         notification, alerts = merge_notifications(batch.parts)
         looks = _looks_by_alert(batch)
         options = self._options(looks)

@@ -40,6 +40,16 @@ class GroupMemory:
 
 
 @dataclass(frozen=True)
+class ThreadMessage:
+    """The message that announced an alert occurrence on one hook (ROCKETCHAT_THREADS): its thread."""
+
+    hook_key: str  # a digest of the hook's URL
+    alert_id: str  # the occurrence: fingerprint + startsAt
+    message_id: str
+    at: float
+
+
+@dataclass(frozen=True)
 class AlertSeen:
     """One alert as one notification carried it (upserted into its occurrence's record)."""
 
@@ -108,15 +118,17 @@ class NotificationRecord:
 
 @dataclass
 class WriteBatch:
-    """What the writer applies in one transaction, in this order: alerts, deliveries, notifications, groups."""
+    """What the writer applies in one transaction, in this order: alerts, deliveries, notifications, groups,
+    threads."""
 
     alerts: list[AlertSeen] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     notifications: list[NotificationRecord] = field(default_factory=list)
     groups: list[GroupMemory] = field(default_factory=list)
+    threads: list[ThreadMessage] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.alerts or self.deliveries or self.notifications or self.groups)
+        return bool(self.alerts or self.deliveries or self.notifications or self.groups or self.threads)
 
 
 class Store(Protocol):
@@ -134,10 +146,14 @@ class Store(Protocol):
         updated_at = max(updated_at, received_at). A Delivery is appended to its record (kept: the newest
         MAX_DELIVERIES_PER_ALERT) and moves updated_at to max(updated_at, at); one for an unknown record is dropped.
         A NotificationRecord is added (same id: replaced). A GroupMemory replaces the one with the same
-        (hook_key, group_id)."""
+        (hook_key, group_id). A ThreadMessage is kept unless one for the same (hook_key, alert_id) exists (the first
+        message is the thread)."""
 
     def load_groups(self, finished_since: float) -> list[GroupMemory]:
         """The group memory finished at or after the time, oldest first."""
+
+    def load_threads(self, since: float) -> list[ThreadMessage]:
+        """The thread messages recorded at or after the time, oldest first."""
 
     def alerts(
         self, *, status: str | None = None, severity: str | None = None, integration: str | None = None,
@@ -154,11 +170,11 @@ class Store(Protocol):
     def prune(self, *, updated_before: float, max_alerts: int, groups_finished_before: float) -> int:
         """Forget alert records (with their deliveries) and notification records last updated (received) before
         updated_before; then the least recently updated beyond max_alerts occurrences, and the oldest notifications
-        beyond max_alerts; and group memory finished before groups_finished_before. Returns how many alert
-        records went."""
+        beyond max_alerts; group memory finished before groups_finished_before; and thread messages recorded before
+        updated_before. Returns how many alert records went."""
 
     def counts(self) -> Mapping[str, int]:
-        """{"alerts": n, "notifications": n, "groups": n}."""
+        """{"alerts": n, "notifications": n, "groups": n, "threads": n}."""
 
     def close(self) -> None: ...
 

@@ -9,7 +9,8 @@ import threading
 from typing import Mapping
 
 from . import (
-    MAX_DELIVERIES_PER_ALERT, AlertRecord, AlertSeen, GroupMemory, NotificationRecord, StoreError, WriteBatch,
+    MAX_DELIVERIES_PER_ALERT, AlertRecord, AlertSeen, GroupMemory, NotificationRecord, StoreError, ThreadMessage,
+    WriteBatch,
 )
 
 
@@ -61,6 +62,7 @@ class MemoryStore:
         self._alerts: dict[str, AlertRecord] = {}
         self._notifications: dict[str, NotificationRecord] = {}
         self._groups: dict[tuple[str, bytes], GroupMemory] = {}
+        self._threads: dict[tuple[str, str], ThreadMessage] = {}
         self._closed = False
 
     def _check_open(self) -> None:
@@ -84,6 +86,8 @@ class MemoryStore:
             self._alerts.update(alerts)
             self._notifications.update((record.id, record) for record in notifications)
             self._groups.update(((memory.hook_key, memory.group_id), memory) for memory in groups)
+            for thread in batch.threads:
+                self._threads.setdefault((thread.hook_key, thread.alert_id), thread)
 
     def _staged_alerts(self, batch: WriteBatch) -> dict[str, AlertRecord]:
         staged: dict[str, AlertRecord] = {}
@@ -104,6 +108,12 @@ class MemoryStore:
             self._check_open()
             found = [memory for memory in self._groups.values() if memory.finished_at >= finished_since]
         return sorted(found, key=lambda memory: (memory.finished_at, memory.hook_key, memory.group_id))
+
+    def load_threads(self, since: float) -> list[ThreadMessage]:
+        with self._lock:
+            self._check_open()
+            found = [thread for thread in self._threads.values() if thread.at >= since]
+        return sorted(found, key=lambda thread: (thread.at, thread.hook_key, thread.alert_id))
 
     def alerts(
         self, *, status: str | None = None, severity: str | None = None, integration: str | None = None,
@@ -150,13 +160,14 @@ class MemoryStore:
             self._alerts, self._notifications = alerts, notifications
             self._groups = {key: memory for key, memory in self._groups.items()
                             if memory.finished_at >= groups_finished_before}
+            self._threads = {key: thread for key, thread in self._threads.items() if thread.at >= updated_before}
         return gone
 
     def counts(self) -> Mapping[str, int]:
         with self._lock:
             self._check_open()
             return {"alerts": len(self._alerts), "notifications": len(self._notifications),
-                    "groups": len(self._groups)}
+                    "groups": len(self._groups), "threads": len(self._threads)}
 
     def close(self) -> None:
         with self._lock:

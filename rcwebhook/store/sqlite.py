@@ -20,7 +20,7 @@ from urllib.parse import quote
 from ..safetext import replace_lone_surrogates
 from . import (
     MAX_DELIVERIES_PER_ALERT, AlertRecord, AlertSeen, Delivery, GroupMemory, NotificationRecord, StoreError,
-    WriteBatch,
+    ThreadMessage, WriteBatch,
 )
 
 SCHEMA_VERSION = 1  # PRAGMA user_version
@@ -64,6 +64,10 @@ _SCHEMA = (
         hook_key TEXT NOT NULL, group_id BLOB NOT NULL, dedup_key BLOB NOT NULL, state TEXT NOT NULL,
         status INTEGER, reason TEXT NOT NULL, finished_at REAL NOT NULL, PRIMARY KEY (hook_key, group_id))""",
     "CREATE INDEX IF NOT EXISTS groups_finished_at ON groups (finished_at)",
+    """CREATE TABLE IF NOT EXISTS threads (
+        hook_key TEXT NOT NULL, alert_id TEXT NOT NULL, message_id TEXT NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (hook_key, alert_id))""",
+    "CREATE INDEX IF NOT EXISTS threads_at ON threads (at)",
 )
 
 # An AlertSeen received at or after the record's last_received sets these; an older copy changes none of them.
@@ -322,6 +326,18 @@ class SQLiteStore:
             ((_text(g.hook_key), bytes(g.group_id), bytes(g.dedup_key), _text(g.state), g.status, _text(g.reason),
               g.finished_at) for g in batch.groups),
         )
+        connection.executemany(  # the first message is the thread: a later one never replaces it
+            "INSERT OR IGNORE INTO threads (hook_key, alert_id, message_id, at) VALUES (?, ?, ?, ?)",
+            ((_text(t.hook_key), _text(t.alert_id), _text(t.message_id), t.at) for t in batch.threads),
+        )
+
+    def load_threads(self, since: float) -> list[ThreadMessage]:
+        with self._snapshot() as connection:
+            rows = connection.execute(
+                "SELECT hook_key, alert_id, message_id, at FROM threads WHERE at >= ? ORDER BY at, hook_key, alert_id",
+                (since,),
+            ).fetchall()
+        return [ThreadMessage(*row) for row in rows]
 
     def load_groups(self, finished_since: float) -> list[GroupMemory]:
         with self._snapshot() as connection:
@@ -405,12 +421,13 @@ class SQLiteStore:
                 connection.execute("DELETE FROM notifications WHERE id IN (SELECT id FROM notifications"
                                    " ORDER BY received DESC, id DESC LIMIT -1 OFFSET ?)", (keep,))
             connection.execute("DELETE FROM groups WHERE finished_at < ?", (groups_finished_before,))
+            connection.execute("DELETE FROM threads WHERE at < ?", (updated_before,))
         return gone
 
     def counts(self) -> Mapping[str, int]:
         with self._snapshot() as connection:
             return {table: connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                    for table in ("alerts", "notifications", "groups")}
+                    for table in ("alerts", "notifications", "groups", "threads")}
 
     def close(self) -> None:
         """Close this thread's connection and those it may; the others close at their thread's next use or end."""
