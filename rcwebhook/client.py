@@ -97,7 +97,8 @@ def _error_text(document: object, body_text: str) -> str:
     return body_text.strip()
 
 
-MESSAGE_ID_MAX_CHARS = 64
+# Rocket.Chat's ids are 17 alphanumerics (Meteor's Random.id()); custom ones stay within this.
+MESSAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def message_id_of(body_text: str) -> str | None:
@@ -105,11 +106,12 @@ def message_id_of(body_text: str) -> str | None:
     {"success":true,"responses":[{"channel":..,"message":{"_id":..}}]}; None otherwise (the pure webhook answer)."""
     document = _parse_json(body_text)
     responses = document.get("responses") if isinstance(document, dict) else None
-    if not isinstance(responses, list) or not responses or not isinstance(responses[0], dict):
+    # One room only: a hook posting to several channels would thread every room's replies into one room's message.
+    if not isinstance(responses, list) or len(responses) != 1 or not isinstance(responses[0], dict):
         return None
     message = responses[0].get("message")
     message_id = message.get("_id") if isinstance(message, dict) else None
-    if isinstance(message_id, str) and 0 < len(message_id) <= MESSAGE_ID_MAX_CHARS and message_id.isprintable():
+    if isinstance(message_id, str) and MESSAGE_ID_PATTERN.fullmatch(message_id):
         return message_id
     return None
 

@@ -18,7 +18,7 @@ from .metrics import Metrics
 from .model import FIRING, Notification
 from .outcome import Outcome, PostResult
 from .store import GroupMemory
-from .threads import ThreadIndex, ThreadMessage, occurrence_ids, split_for_threads
+from .threads import ThreadIndex, ThreadMessage, occurrence_ids, parts_of, split_layout
 
 logger = logging.getLogger("rcwebhook.delivery")
 
@@ -267,24 +267,41 @@ class Dispatcher:
         return submission
 
     def _threaded(self, notification: Notification, part: Part, now: float) -> list[Part]:
-        """On a hook with threads, the part split into a channel part and replies (threads.py); else the part."""
+        """On a hook with threads, the part split into a channel part and replies (threads.py); else the part.
+
+        A copy of the group's latest notification (an HA peer's, or Alertmanager's retry after a partial failure) is
+        split as that one was, so each part joins its own and nothing is posted twice."""
         queue = self.queues[part.hook.url]
-        if not getattr(queue.destination, "threads", False):
+        if not getattr(part.hook, "threads", False):
             return [part]
-        whole = Job(part.hook, notification, part.alerts, dedup_key(notification, part.alerts), 0)
-        if not is_reminder(notification) and queue.repeats_latest(whole, now):
-            return [part]  # an HA peer's copy: kept whole, it joins what it repeats
+        whole_key = dedup_key(notification, part.alerts)
+        if not is_reminder(notification):
+            layout = queue.split_remembered(notification, whole_key, now)
+            if layout is not None:
+                return parts_of(part, layout)
+            if queue.repeats_latest(Job(part.hook, notification, part.alerts, whole_key, 0), now):
+                return [part]  # an HA peer's copy of an unsplit notification: whole, it joins what it repeats
         key = hook_key(part.hook.url)
-        threads_of = {index: self.thread_index.message_for(key, alert_id)
-                      for index, alert_id in enumerate(occurrence_ids(part))}
-        if not any(threads_of.values()):
+        threads_of = {
+            index: self.thread_index.message_for(key, alert_id, firing=alert.status == FIRING)
+            for index, (alert, alert_id) in enumerate(zip(part.alerts, occurrence_ids(part)))
+        }
+        layout = split_layout(part, threads_of, self._reply_capacity(queue, now),
+                              notification_reason=notification.notification_reason)
+        if len(layout) == 1 and layout[0][0] is None:
             return [part]
-        # Posts pacing can make before the request is answered, less those already queued and a channel post.
-        pending_posts = len(queue.alone_batches) + bool(queue.waiting) + bool(queue.in_flight)
-        capacity = queue.budget.posts_possible(now, queue.last_post_at,
-                                               answer_within_seconds(self.delivery_deadline_seconds))
-        return split_for_threads(part, threads_of, max(0, capacity - pending_posts - 1),
-                                 notification_reason=notification.notification_reason)
+        queue.remember_split(notification, whole_key, layout)
+        return parts_of(part, layout)
+
+    def _reply_capacity(self, queue: HookQueue, now: float) -> int:
+        """Replies pacing can post before this request is answered: the posts it allows (from any backoff on), less
+        those already queued (each thread waiting is a post of its own) and this notification's channel post."""
+        queued_posts = (len(queue.alone_batches) + len({job.reply_to for job in queue.waiting})
+                        + (queue.in_flight is not None))
+        start = max(now, queue.retry_at)
+        horizon = answer_within_seconds(self.delivery_deadline_seconds) - (start - now)
+        possible = queue.budget.posts_possible(start, queue.last_post_at, horizon) if horizon > 0 else 0
+        return max(0, possible - queued_posts - 1)
 
     def wait(self, submission: Submission, timeout_seconds: float) -> bool:
         """Wait until every job of the submission finished; False when the timeout came first."""
@@ -369,19 +386,25 @@ class Dispatcher:
     def _remember_threads(self, queue: HookQueue, batch: Batch, result: PostResult | None) -> tuple[ThreadMessage, ...]:
         """A delivered channel post on a hook with threads becomes the thread of each firing occurrence it showed
         first (called under the condition, so a resolved notification arriving next finds it)."""
-        hook = queue.destination
-        if (result is None or result.outcome is not Outcome.DELIVERED or not getattr(hook, "threads", False)
-                or any(job.reply_to for job in batch.jobs)):
+        hook = batch.jobs[0].destination if batch.jobs else queue.destination  # the hook render() saw
+        if result is None or result.outcome is not Outcome.DELIVERED or not getattr(hook, "threads", False):
+            return ()
+        key = hook_key(hook.url)
+        for _, alerts in batch.parts:
+            for alert_id in occurrence_ids(Part(hook, tuple(a for a in alerts if a.status != FIRING))):
+                self.thread_index.mark_resolved(key, alert_id)  # its thread takes no firing reply from now on
+        if any(job.reply_to for job in batch.jobs):
             return ()
         if result.message_id is None:
             if hook.url not in self.threads_unsupported_warned:
                 self.threads_unsupported_warned.add(hook.url)
                 logger.warning(
-                    "threads are on for %s, but Rocket.Chat answered without the message's id (\"separateResponse\" "
-                    "needs a Rocket.Chat from mid-2025 or later): its alerts are posted to the channel as before", hook,
+                    "threads are on for %s, but Rocket.Chat answered without one message id (\"separateResponse\" "
+                    "needs a Rocket.Chat from mid-2025 or later; a hook posting to several channels gives several): "
+                    "its alerts are posted to the channel as before", hook,
                 )
             return ()
-        key, wall_now, announced = hook_key(hook.url), self.wall_clock(), []
+        wall_now, announced = self.wall_clock(), []
         firing = [alert for _, alerts in batch.parts for alert in alerts if alert.status == FIRING]
         for alert_id in occurrence_ids(Part(hook, tuple(firing))):
             if self.thread_index.remember(key, alert_id, result.message_id):

@@ -196,6 +196,8 @@ class HookQueue:
         # De-duplication: each group's latest notification (queued or in flight: the Job; finished within the
         # window: its FinishedGroup), by groupKey digest, oldest submission first.
         self.latest_by_group: dict[bytes, Job | FinishedGroup] = {}
+        # Threads: how the group's latest notification was split, by groupKey digest: (its key, parts' layout).
+        self.splits: collections.OrderedDict[bytes, tuple[bytes, tuple]] = collections.OrderedDict()
         self.resolved_posted: dict[object, tuple[str, float]] = {}  # alert → (startsAt, when posted RESOLVED)
         self.last_post_at: float | None = None  # when the last post was sent
         self.next_forget_at = 0.0
@@ -243,6 +245,37 @@ class HookQueue:
             return False
         latest = self.latest_by_group.get(group_id(job.notification, job.reply_to))
         return latest is not None and latest.dedup_key == job.dedup_key and not self._expired(latest, now)
+
+    # -- threads: a notification split into a channel part and replies --------------------------------------------
+
+    def split_remembered(self, notification: Notification, whole_key: bytes | None, now: float):
+        """The split (reply_to, alert indexes) of the group's latest notification when this one repeats it and every
+        part is still remembered, so an HA peer's copy or a retry is split alike and joins each part; else None."""
+        if whole_key is None:
+            return None
+        remembered = self.splits.get(group_id(notification))
+        if remembered is None or remembered[0] != whole_key:
+            return None
+        for reply_to, _ in remembered[1]:
+            entry = self.latest_by_group.get(group_id(notification, reply_to))
+            if entry is None or self._expired(entry, now):
+                return None
+        return remembered[1]
+
+    def remember_split(self, notification: Notification, whole_key: bytes | None, layout) -> None:
+        """A new notification of the group was split: it is the group's latest. Finished parts of the previous one
+        are forgotten, so a later notification never joins one of them (a re-fire after a resolve is new)."""
+        group = group_id(notification)
+        previous = self.splits.pop(group, None)
+        stale = {None} | {reply_to for reply_to, _ in previous[1]} if previous else {None}
+        for reply_to in stale:
+            key = group_id(notification, reply_to)
+            if isinstance(self.latest_by_group.get(key), FinishedGroup):
+                del self.latest_by_group[key]
+        if whole_key is not None:
+            self.splits[group] = (whole_key, tuple(layout))
+            while len(self.splits) > self.max_tracked_groups:
+                self.splits.popitem(last=False)
 
     def _forget_oldest_group(self) -> None:
         """The oldest finished group first: a job still queued or in flight is kept while any finished one can go

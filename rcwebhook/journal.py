@@ -177,7 +177,7 @@ class Journal:
 
     @staticmethod
     def _bounded(batch: WriteBatch) -> WriteBatch:
-        share = MAX_UNWRITTEN_RECORDS // 5
+        share = MAX_UNWRITTEN_RECORDS // 4  # per kind of record
         return WriteBatch(batch.alerts[-share:], batch.deliveries[-share:], batch.notifications[-share:],
                           batch.groups[-share:], batch.threads[-share:])
 

@@ -18,28 +18,42 @@ from .hookqueue import Part
 from .model import FIRING, RESOLVED
 from .store import ThreadMessage
 
-# Thread ids remembered per hook; past it the oldest are forgotten (their alerts then go to the channel, as today).
+# Thread ids remembered, all hooks together; past it the oldest are forgotten (their alerts then go to the channel,
+# as before threads); about 350 bytes each.
 MAX_TRACKED_THREADS = 100_000
 
 
 class ThreadIndex:
-    """Occurrence → the id of the message that announced it, per hook, oldest forgotten first past the bound."""
+    """(hook, occurrence) → the id of the message that announced it, oldest forgotten first past the bound."""
 
     def __init__(self, max_threads: int = MAX_TRACKED_THREADS):
         self.max_threads = max_threads
         self.messages: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+        self.resolved: set[tuple[str, str]] = set()  # shown resolved since: no firing reply goes there
 
-    def message_for(self, hook_key: str, alert_id: str) -> str | None:
+    def message_for(self, hook_key: str, alert_id: str, *, firing: bool = False) -> str | None:
+        """The occurrence's thread; for a firing alert, only while it has not been shown resolved (a re-fire after
+        a resolve is a new page for the channel, never a reply in an old thread)."""
+        if firing and (hook_key, alert_id) in self.resolved:
+            return None
         return self.messages.get((hook_key, alert_id))
 
+    def mark_resolved(self, hook_key: str, alert_id: str) -> None:
+        if (hook_key, alert_id) in self.messages:
+            self.resolved.add((hook_key, alert_id))
+
     def remember(self, hook_key: str, alert_id: str, message_id: str) -> bool:
-        """True when this is the occurrence's first message (its thread); a later one never replaces it."""
+        """True when this is the occurrence's first message (its thread), or its first since it was shown resolved;
+        a later one never replaces it."""
         key = (hook_key, alert_id)
-        if key in self.messages:
+        if key in self.messages and key not in self.resolved:
             return False
+        self.resolved.discard(key)
+        self.messages.pop(key, None)
         self.messages[key] = message_id
         while len(self.messages) > self.max_threads:
-            self.messages.popitem(last=False)
+            forgotten, _ = self.messages.popitem(last=False)
+            self.resolved.discard(forgotten)
         return True
 
     def restore(self, records: Iterable[ThreadMessage]) -> int:
@@ -49,8 +63,20 @@ class ThreadIndex:
         return restored
 
 
-def split_for_threads(part: Part, threads_of: dict[int, str | None], reply_capacity: int, *,
-                      notification_reason: str) -> list[Part]:
+def parts_of(part: Part, layout) -> list[Part]:
+    """The part split as layout says: (reply_to, alert indexes) per piece, in order."""
+    looks = part.looks
+
+    def piece(reply_to, indexes) -> Part:
+        return replace(part, alerts=tuple(part.alerts[index] for index in indexes),
+                       looks=tuple(looks[index] for index in indexes) if looks else (), reply_to=reply_to)
+
+    return [piece(reply_to, indexes) for reply_to, indexes in layout]
+
+
+def split_layout(part: Part, threads_of: dict[int, str | None], reply_capacity: int, *,
+                 notification_reason: str) -> list[tuple[str | None, tuple[int, ...]]]:
+    """As split_for_threads, as (reply_to, alert indexes) per piece (what a copy of the notification reuses)."""
     """The part as one channel part (alerts with no thread, or new firing ones) and one reply part per thread.
 
     threads_of gives, per index into part.alerts, the thread (message id) its occurrence has, or None. Beyond
@@ -58,7 +84,7 @@ def split_for_threads(part: Part, threads_of: dict[int, str | None], reply_capac
     channel part too, so a storm resolving at once does not wait for, or spend the budget on, replies. The caller
     keeps a repeat of the group's latest notification (an HA peer's copy) whole, so it joins what it repeats.
     """
-    alerts, looks = part.alerts, part.looks or (None,) * len(part.alerts)
+    alerts = part.alerts
     firing = [index for index, alert in enumerate(alerts) if alert.status == FIRING]
     # A reminder re-sends only alerts already announced; one new firing alert makes it an update for the channel.
     # Alertmanager 0.32+ says why it sends: then only "repeat" is a reminder; before, an unchanged re-send is one.
@@ -82,14 +108,21 @@ def split_for_threads(part: Part, threads_of: dict[int, str | None], reply_capac
         replies = replies[:reply_capacity]
         channel.sort()
     if not replies:
-        return [part]
+        return [(None, tuple(range(len(alerts))))]
+    layout = [(None, tuple(channel))] if channel else []
+    return layout + [(thread, tuple(indexes)) for thread, indexes in replies]
 
-    def subset(indexes: list[int], reply_to: str | None) -> Part:
-        kept_looks = tuple(looks[index] for index in indexes) if part.looks else ()
-        return replace(part, alerts=tuple(alerts[index] for index in indexes), looks=kept_looks, reply_to=reply_to)
 
-    split = [subset(channel, None)] if channel else []
-    return split + [subset(indexes, thread) for thread, indexes in replies]
+def split_for_threads(part: Part, threads_of: dict[int, str | None], reply_capacity: int, *,
+                      notification_reason: str) -> list[Part]:
+    """The part as one channel part (alerts with no thread, or new firing ones) and one reply part per thread.
+
+    threads_of gives, per index into part.alerts, the thread (message id) its occurrence has, or None. Beyond
+    reply_capacity threads (what pacing can post within the delivery deadline), the alerts of the rest go to the
+    channel part too, so a storm resolving at once does not wait for, or spend the budget on, replies.
+    """
+    layout = split_layout(part, threads_of, reply_capacity, notification_reason=notification_reason)
+    return [part] if layout == [(None, tuple(range(len(part.alerts))))] else parts_of(part, layout)
 
 
 def occurrence_ids(part: Part) -> list[str]:

@@ -123,3 +123,19 @@ def test_a_routes_file_turns_threads_on_per_destination_and_shared_urls_must_agr
         table(f"  a:\n    rocketchat: {{url: {url}}}\n    threads: true\n  b:\n    rocketchat: {{url: {url}}}\n")
     with pytest.raises(ConfigError, match="ROCKETCHAT_THREADS must be true or false"):
         load_config({"ROCKETCHAT_WEBHOOK_DEFAULT": url, "ROCKETCHAT_THREADS": "maybe"})
+
+
+def test_only_one_rooms_well_formed_message_id_is_taken_from_the_answer():
+    import json
+
+    from rcwebhook.client import message_id_of
+
+    def answer(*responses):
+        return json.dumps({"success": True, "responses": list(responses)})
+
+    room = {"channel": "#a", "message": {"_id": "Zq4mNY8bVWkXGvT2r"}}
+    assert message_id_of(answer(room)) == "Zq4mNY8bVWkXGvT2r"
+    assert message_id_of(answer(room, {"channel": "#b", "message": {"_id": "other1234567890ab"}})) is None
+    assert message_id_of(answer({"channel": "#a", "error": "no such room"})) is None
+    assert message_id_of(answer({"channel": "#a", "message": {"_id": "has space"}})) is None
+    assert message_id_of('{"success":true}') is None and message_id_of("not json") is None

@@ -130,7 +130,7 @@ def test_an_older_server_gets_channel_posts_and_one_warning(caplog):
             relay.post(body("g2", ("B", "firing")))
             relay.post(body("g1", ("A", "resolved")))
         assert all("tmid" not in message for message in relay.fake.critical())
-        warnings = [r for r in caplog.records if "message's id" in r.getMessage()]
+        warnings = [r for r in caplog.records if "without one message id" in r.getMessage()]
         assert len(warnings) == 1 and "critical" in warnings[0].getMessage()
     finally:
         relay.stop()

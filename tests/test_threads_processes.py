@@ -23,7 +23,7 @@ STARTS_AT = "2026-12-01T10:00:00Z"
 ENDS_AT = "2026-12-01T10:30:00Z"
 NO_END = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt of a firing alert
 GROUP_KEY = '{}/{severity="critical"}:{alertname="DiskFull"}'
-NO_ID_WARNING = "without the message's id"
+NO_ID_WARNING = "without one message id"
 LOG_TIMEOUT_SECONDS = 5.0
 
 

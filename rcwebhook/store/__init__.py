@@ -171,7 +171,7 @@ class Store(Protocol):
         """Forget alert records (with their deliveries) and notification records last updated (received) before
         updated_before; then the least recently updated beyond max_alerts occurrences, and the oldest notifications
         beyond max_alerts; group memory finished before groups_finished_before; and thread messages recorded before
-        updated_before. Returns how many alert records went."""
+        updated_before, then the oldest beyond max_alerts. Returns how many alert records went."""
 
     def counts(self) -> Mapping[str, int]:
         """{"alerts": n, "notifications": n, "groups": n, "threads": n}."""

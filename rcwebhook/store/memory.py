@@ -160,7 +160,9 @@ class MemoryStore:
             self._alerts, self._notifications = alerts, notifications
             self._groups = {key: memory for key, memory in self._groups.items()
                             if memory.finished_at >= groups_finished_before}
-            self._threads = {key: thread for key, thread in self._threads.items() if thread.at >= updated_before}
+            threads = [thread for thread in self._threads.values() if thread.at >= updated_before]
+            threads = heapq.nlargest(keep, threads, key=lambda thread: thread.at) if len(threads) > keep else threads
+            self._threads = {(thread.hook_key, thread.alert_id): thread for thread in threads}
         return gone
 
     def counts(self) -> Mapping[str, int]:

@@ -422,6 +422,9 @@ class SQLiteStore:
                                    " ORDER BY received DESC, id DESC LIMIT -1 OFFSET ?)", (keep,))
             connection.execute("DELETE FROM groups WHERE finished_at < ?", (groups_finished_before,))
             connection.execute("DELETE FROM threads WHERE at < ?", (updated_before,))
+            if connection.execute("SELECT count(*) FROM threads").fetchone()[0] > keep:
+                connection.execute("DELETE FROM threads WHERE rowid IN (SELECT rowid FROM threads"
+                                   " ORDER BY at DESC LIMIT -1 OFFSET ?)", (keep,))
         return gone
 
     def counts(self) -> Mapping[str, int]:
