@@ -3,12 +3,13 @@
 
     python bench/storm.py --groups 100 --alerts 10 --hooks 1 [--latency-seconds 2]
                           [--fail-first N | --fail-seconds S] [--rate-limit 10/60s] [--concurrency 64]
-                          [--resend | --no-resend] [--timeout 180] [--json]
+                          [--resend | --no-resend] [--timeout 180] [--state-url sqlite|memory|URL] [--json]
 
 It starts mock_server.py and `gunicorn -c gunicorn.conf.py rocketchat_webhook:app` on free loopback ports, wires
 them together, optionally makes the mock slow or failing, sends the groups concurrently as Alertmanager-shaped
 bodies (re-sending what is answered 5xx as Alertmanager would), waits until the mock shows every alert (or the
-timeout), and prints what happened. See bench/README.md for what each figure means.
+timeout), and prints what happened. See bench/README.md for what each figure means. The relay's journal writes to a
+fresh SQLite file in the run's temporary directory (the product's default kind of store), or where --state-url says.
 
 Only the standard library, requests and the process helpers the tests use (tests/helpers.py). Every HTTP call has a
 timeout, the run has a total timeout, and both child processes (each in its own process group) are always stopped:
@@ -64,6 +65,17 @@ RESEND_MAX_BACKOFF_SECONDS = 5.0
 # Alert names and instances are unique and easy to find in any message text: StormG0007A0003 on storm-g0007-a0003:9100.
 ALERT_PAIR = re.compile(r"StormG(\d{4})A(\d{4}) on storm-g(\d{4})-a(\d{4}):9100")
 RATE_LIMIT_TEXT = re.compile(r"^(off|0|\d+/\d+(\.\d+)?s)$")
+STATE_FILE_NAME = "state.sqlite3"
+
+
+def state_url_for(choice: str, workdir: Path) -> str:
+    """--state-url's value as the relay's STATE_URL: "sqlite" a fresh file in workdir (the product's default kind of
+    store), "memory" memory://, anything else as given (the relay refuses what it cannot use, and does not start)."""
+    if choice == "sqlite":
+        return f"sqlite:///{workdir / STATE_FILE_NAME}"  # workdir is absolute: sqlite:////tmp/storm-…/state.sqlite3
+    if choice == "memory":
+        return "memory://"
+    return choice
 
 
 def alert_name(group: int, alert: int) -> str:
@@ -291,6 +303,7 @@ class Mock:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
     revision = relay_revision()
+    state_url = state_url_for(args.state_url, workdir)
     hooks_used = HOOK_NAMES[: args.hooks]
     sent = {(group, alert) for group in range(1, args.groups + 1) for alert in range(1, args.alerts + 1)}
     control = direct_session()
@@ -306,6 +319,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     relay_port = free_port()
     relay_settings = relay_environ({
         "HOST": LOOPBACK, "PORT": str(relay_port), "ROCKETCHAT_RATE_LIMIT": args.rate_limit,
+        "STATE_URL": state_url,  # a revision before the journal ignores it
         **{f"ROCKETCHAT_WEBHOOK_{name.upper()}": f"{mock_url}/hooks/{name}/{name}-token" for name in HOOK_NAMES},
     })
     relay = Child("relay (gunicorn)", list(GUNICORN_COMMAND), relay_settings, workdir / "relay.log")
@@ -398,6 +412,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "requests_never_200": sum(1 for log in logs if "200" not in log.answers),
         "relay_alive_at_end": relay.alive(),
         "relay_revision": revision,
+        "state_url": state_url,
         "cpus": os.cpu_count(),
         "load_average_1min_at_start": round(load_at_start, 2),
     }
@@ -439,6 +454,7 @@ def table(figures: dict) -> str:
         ("machine", f"{figures['cpus']} CPUs, 1-minute load average {figures['load_average_1min_at_start']:.2f} "
                     "at the first request"),
         ("relay revision", figures["relay_revision"]),
+        ("state (STATE_URL)", figures["state_url"]),
     ]
     return aligned(rows)
 
@@ -470,6 +486,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="re-send a request answered 5xx (but 502) or not answered, as Alertmanager does")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="total seconds for sending, re-sending and waiting for the last delivery")
+    parser.add_argument("--state-url", default="sqlite", metavar="sqlite|memory|URL",
+                        help="the relay's STATE_URL: sqlite = a fresh sqlite:///<run's temporary dir>/"
+                             f"{STATE_FILE_NAME} (the default kind of store), memory = memory://, or a URL as is")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the relay's and the mock's logs into DIR")
     args = parser.parse_args(argv)
@@ -486,6 +505,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not RATE_LIMIT_TEXT.match(args.rate_limit.strip().lower()):
         parser.error("--rate-limit must be N/Ss (e.g. 10/60s) or off")
     args.rate_limit = args.rate_limit.strip().lower()
+    args.state_url = args.state_url.strip()
+    if args.state_url.lower() in ("sqlite", "memory"):
+        args.state_url = args.state_url.lower()
+    elif not args.state_url.startswith(("sqlite:", "memory:")):
+        parser.error("--state-url must be sqlite, memory or a STATE_URL (sqlite:///<path>, memory://)")
     return args
 
 

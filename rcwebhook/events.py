@@ -27,6 +27,10 @@ MAX_PENDING_EVENT_BYTES = 32 * 1024 * 1024
 SMALL_EVENT_BYTES = 256  # a post's event, or one whose body size is not known
 # The subscribers get what accumulated in this long at most, as one list (the journal writes it in one transaction).
 BATCH_SECONDS = 0.05
+# After a quiet spell the first event waits this long before its batch is taken: a post's event comes as its
+# waiting requests are woken, and the journal's work (Python, under the GIL) would otherwise take turns with their
+# answers (bench/README.md, "Measured after the journal").
+FIRST_EVENT_DELAY_SECONDS = 0.15
 MAX_BATCH_EVENTS = 2_000
 
 
@@ -100,6 +104,7 @@ class EventBus:
         self.thread: threading.Thread | None = None
         self.running = False
         self.busy = False
+        self.flushing = 0  # callers waiting in flush(): the first event's delay is skipped for them
         self.started_in_pid = 0
         self._dropped_logged = False
 
@@ -134,8 +139,11 @@ class EventBus:
 
     def _take(self) -> list | None:
         with self.condition:
-            while self.running and not self.pending:
-                self.condition.wait()  # publish() and stop() notify: an idle bus costs nothing
+            if self.running and not self.pending:
+                while self.running and not self.pending:
+                    self.condition.wait()  # publish() and stop() notify: an idle bus costs nothing
+                if self.running and not self.flushing:
+                    self.condition.wait(FIRST_EVENT_DELAY_SECONDS)  # returns early only for stop() or flush()
             if not self.pending:
                 return None
             batch = []
@@ -172,11 +180,16 @@ class EventBus:
         """Wait until every event published so far was handed over; False on timeout."""
         deadline = time.monotonic() + timeout_seconds
         with self.condition:
-            while self.pending or self.busy:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.thread is None or not self.thread.is_alive():
-                    return not (self.pending or self.busy)
-                self.condition.wait(min(left, 0.05))
+            self.flushing += 1
+            self.condition.notify_all()
+            try:
+                while self.pending or self.busy:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self.thread is None or not self.thread.is_alive():
+                        return not (self.pending or self.busy)
+                    self.condition.wait(min(left, 0.05))
+            finally:
+                self.flushing -= 1
         return True
 
     def stop(self, timeout_seconds: float = 2.0) -> None:
