@@ -111,7 +111,9 @@ def test_an_unusable_default_state_file_falls_back_to_memory_and_keeps_deliverin
         warnings = [line for line in log.splitlines() if "state is kept in memory" in line]
         assert len(warnings) == 1 and "WARNING" in warnings[0], log
         assert "Traceback" not in log
-        assert relay.http.get(f"{relay.base_url}/api/v1/alerts", timeout=5).json()["alerts"]
+        # The journal writes behind delivery (a post's events a moment later): wait for it, as a reader would.
+        wait_until(lambda: relay.http.get(f"{relay.base_url}/api/v1/alerts", timeout=5).json()["alerts"], 10,
+                   "the journal (in memory) to list the alert")
     finally:
         relay.stop()
 
