@@ -29,7 +29,7 @@ from .reload import RouteReloader
 from .routes import DEFAULT_INTEGRATION
 from .routes_file import load_route_table
 from .status import StatusView
-from .web.access import StatusAccess
+from .web.access import StatusAccess, authorization_secrets
 from .web.api import api_blueprint
 from .web.status_page import status_page_blueprint
 
@@ -53,12 +53,7 @@ def error_response(status: int, error: str, headers: Mapping[str, str] | None = 
 def presented_secrets() -> list[str]:
     """Every secret the request offers: Bearer (Alertmanager's authorization / credentials_file), X-API-Key,
     X-Webhook-Secret (the SRE Copilot seed's header) and the password of HTTP Basic (Alertmanager's basic_auth)."""
-    presented = []
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        presented.append(credentials.strip())
-    if request.authorization is not None and request.authorization.type == "basic":
-        presented.append(request.authorization.password or "")
+    presented = authorization_secrets()
     for header in ("X-API-Key", "X-Webhook-Secret"):
         if request.headers.get(header, "").strip():
             presented.append(request.headers[header].strip())

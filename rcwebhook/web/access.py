@@ -29,7 +29,8 @@ def is_loopback(address: str | None) -> bool:
     return (mapped or parsed).is_loopback
 
 
-def _presented_status_secrets() -> list[str]:
+def authorization_secrets() -> list[str]:
+    """The secrets the Authorization header offers: a Bearer token, or the password of HTTP Basic (any user)."""
     presented = []
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
@@ -52,7 +53,7 @@ class StatusAccess:
                 return None
             return self.answer(error_answer(403, LOOPBACK_HINT))
         matched = False
-        for candidate in _presented_status_secrets() or [""]:
+        for candidate in authorization_secrets() or [""]:
             matched |= hmac.compare_digest(candidate.encode("utf-8"), self.token.encode("utf-8"))
         if matched:
             return None
