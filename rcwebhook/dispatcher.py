@@ -284,9 +284,9 @@ class Dispatcher:
         key = hook_key(part.hook.url)
         threads_of = {
             index: self.thread_index.message_for(key, alert_id, firing=alert.status == FIRING)
-            for index, (alert, alert_id) in enumerate(zip(part.alerts, occurrence_ids(part)))
+            for index, (alert, alert_id) in enumerate(zip(part.alerts, occurrence_ids(part.alerts)))
         }
-        layout = split_layout(part, threads_of, self._reply_capacity(queue, now),
+        layout = split_layout(part.alerts, threads_of, self._reply_capacity(queue, now),
                               notification_reason=notification.notification_reason)
         if len(layout) == 1 and layout[0][0] is None:
             return [part]
@@ -391,7 +391,7 @@ class Dispatcher:
             return ()
         key = hook_key(hook.url)
         for _, alerts in batch.parts:
-            for alert_id in occurrence_ids(Part(hook, tuple(a for a in alerts if a.status != FIRING))):
+            for alert_id in occurrence_ids([alert for alert in alerts if alert.status != FIRING]):
                 self.thread_index.mark_resolved(key, alert_id)  # its thread takes no firing reply from now on
         if any(job.reply_to for job in batch.jobs):
             return ()
@@ -406,7 +406,7 @@ class Dispatcher:
             return ()
         wall_now, announced = self.wall_clock(), []
         firing = [alert for _, alerts in batch.parts for alert in alerts if alert.status == FIRING]
-        for alert_id in occurrence_ids(Part(hook, tuple(firing))):
+        for alert_id in occurrence_ids(firing):
             if self.thread_index.remember(key, alert_id, result.message_id):
                 announced.append(ThreadMessage(key, alert_id, result.message_id, wall_now))
         return tuple(announced)

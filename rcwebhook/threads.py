@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import collections
 from dataclasses import replace
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .fingerprint import alert_occurrence
 from .hookqueue import Part
-from .model import FIRING, RESOLVED
+from .model import FIRING, RESOLVED, Alert
 from .store import ThreadMessage
 
 # Thread ids remembered, all hooks together; past it the oldest are forgotten (their alerts then go to the channel,
@@ -74,17 +74,17 @@ def parts_of(part: Part, layout) -> list[Part]:
     return [piece(reply_to, indexes) for reply_to, indexes in layout]
 
 
-def split_layout(part: Part, threads_of: dict[int, str | None], reply_capacity: int, *,
+def split_layout(alerts: Sequence[Alert], threads_of: dict[int, str | None], reply_capacity: int, *,
                  notification_reason: str) -> list[tuple[str | None, tuple[int, ...]]]:
-    """As split_for_threads, as (reply_to, alert indexes) per piece (what a copy of the notification reuses)."""
-    """The part as one channel part (alerts with no thread, or new firing ones) and one reply part per thread.
+    """How a hook's alerts are posted: (reply_to, alert indexes) per post, the channel's (reply_to None) first; one
+    channel post of all the alerts when nothing replies. parts_of() makes the parts; a copy of the notification
+    reuses the layout.
 
-    threads_of gives, per index into part.alerts, the thread (message id) its occurrence has, or None. Beyond
+    Alerts with no thread, and new firing ones, go to the channel; the others reply, one post per thread.
+    threads_of gives, per index into alerts, the thread (message id) its occurrence has, or None. Beyond
     reply_capacity threads (what pacing can post within the delivery deadline), the alerts of the rest go to the
-    channel part too, so a storm resolving at once does not wait for, or spend the budget on, replies. The caller
-    keeps a repeat of the group's latest notification (an HA peer's copy) whole, so it joins what it repeats.
+    channel post too, so a storm resolving at once does not wait for, or spend the budget on, replies.
     """
-    alerts = part.alerts
     firing = [index for index, alert in enumerate(alerts) if alert.status == FIRING]
     # A reminder re-sends only alerts already announced; one new firing alert makes it an update for the channel.
     # Alertmanager 0.32+ says why it sends: then only "repeat" is a reminder; before, an unchanged re-send is one.
@@ -113,17 +113,5 @@ def split_layout(part: Part, threads_of: dict[int, str | None], reply_capacity: 
     return layout + [(thread, tuple(indexes)) for thread, indexes in replies]
 
 
-def split_for_threads(part: Part, threads_of: dict[int, str | None], reply_capacity: int, *,
-                      notification_reason: str) -> list[Part]:
-    """The part as one channel part (alerts with no thread, or new firing ones) and one reply part per thread.
-
-    threads_of gives, per index into part.alerts, the thread (message id) its occurrence has, or None. Beyond
-    reply_capacity threads (what pacing can post within the delivery deadline), the alerts of the rest go to the
-    channel part too, so a storm resolving at once does not wait for, or spend the budget on, replies.
-    """
-    layout = split_layout(part, threads_of, reply_capacity, notification_reason=notification_reason)
-    return [part] if layout == [(None, tuple(range(len(part.alerts))))] else parts_of(part, layout)
-
-
-def occurrence_ids(part: Part) -> list[str]:
-    return [alert_occurrence(alert.fingerprint, alert.labels, alert.starts_at)[0] for alert in part.alerts]
+def occurrence_ids(alerts: Sequence[Alert]) -> list[str]:
+    return [alert_occurrence(alert.fingerprint, alert.labels, alert.starts_at)[0] for alert in alerts]

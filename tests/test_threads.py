@@ -6,7 +6,7 @@ from rcwebhook.hookqueue import HookQueue, Job, Part
 from rcwebhook.model import Alert, Notification
 from rcwebhook.pacing import PostBudget, parse_rate_limit
 from rcwebhook.routes import Hook
-from rcwebhook.threads import ThreadIndex, split_for_threads
+from rcwebhook.threads import ThreadIndex, parts_of, split_layout
 
 HOOK = Hook("critical", "http://rc.test/hooks/id/token-123456", threads=True)
 
@@ -16,10 +16,10 @@ def alert(name: str, status: str = "firing") -> Alert:
 
 
 def split(alerts, threads, *, capacity=10, reason=""):
-    part = Part(HOOK, tuple(alerts))
     threads_of = {index: threads.get(a.labels["alertname"]) for index, a in enumerate(alerts)}
-    return [(p.reply_to, [a.labels["alertname"] for a in p.alerts])
-            for p in split_for_threads(part, threads_of, capacity, notification_reason=reason)]
+    layout = split_layout(alerts, threads_of, capacity, notification_reason=reason)
+    parts = parts_of(Part(HOOK, tuple(alerts)), layout)
+    return [(part.reply_to, [a.labels["alertname"] for a in part.alerts]) for part in parts]
 
 
 def test_resolved_alerts_reply_in_their_threads_and_the_rest_goes_to_the_channel():
