@@ -149,17 +149,24 @@ class SQLiteStore:
 
     def _open(self, *, create: bool) -> _Connection:
         """This thread's new connection; only the constructor may create the file (mode=rwc)."""
+        connection = self._connect(create=create, pragmas=("PRAGMA synchronous = NORMAL",))  # WAL: crash-durable
+        self._local.connection = connection
+        return connection
+
+    def _connect(self, *, create: bool = False, shared: bool = False, pragmas: tuple[str, ...] = ()) -> _Connection:
+        """A new connection with the busy timeout and the pragmas given, known to close(); shared: usable from any
+        thread (the pooled readers, one thread at a time)."""
         uri = f"file:{quote(self.path)}?mode={'rwc' if create else 'rw'}"
         connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                                     factory=_Connection)
+                                     factory=_Connection, check_same_thread=not shared)
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-            connection.execute("PRAGMA synchronous = NORMAL")  # in WAL mode: durable across a process crash
+            for pragma in pragmas:
+                connection.execute(pragma)
         except BaseException:
             connection.close()
             raise
         connection.pid = os.getpid()
-        self._local.connection = connection
         with self._connections_lock:
             self._connections.add(connection)
         return connection
@@ -261,19 +268,7 @@ class SQLiteStore:
                     return connection
                 self._inherited.append(connection)  # opened before a fork: left alone in the child
         self._check_identity()
-        uri = f"file:{quote(self.path)}?mode=rw"
-        connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                                     factory=_Connection, check_same_thread=False)
-        try:
-            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-            connection.execute(f"PRAGMA cache_size = {-READER_CACHE_KIB}")
-        except BaseException:
-            connection.close()
-            raise
-        connection.pid = os.getpid()
-        with self._connections_lock:
-            self._connections.add(connection)
-        return connection
+        return self._connect(shared=True, pragmas=(f"PRAGMA cache_size = {-READER_CACHE_KIB}",))
 
     def _give_back_reader(self, connection: _Connection, healthy: bool) -> None:
         if healthy and not self._closed:
