@@ -21,16 +21,11 @@ try/finally, atexit, SIGTERM/SIGINT). Exit status 0 when every request was answe
 from __future__ import annotations
 
 import argparse
-import atexit
 import concurrent.futures
 import datetime
-import json
 import os
 import re
-import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -42,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from storm import (  # noqa: E402 - bench/storm.py's process and HTTP helpers, and its Alertmanager body
     CHILDREN, CONNECT_TIMEOUT_SECONDS, CONTROL_READ_TIMEOUT_SECONDS, GUNICORN_COMMAND, HOOK_NAMES, LOOPBACK, PYTHON,
     START_TIMEOUT_SECONDS, STATE_FILE_NAME, WEBHOOK_READ_TIMEOUT_SECONDS, Child, Mock, aligned, alert_instance,
-    alert_name, fingerprint, group_body, new_session, on_signal, percentile, relay_environ, relay_revision,
-    state_url_for, stop_children, wait_for, free_port,
+    alert_name, checked_state_url, fingerprint, group_body, new_session, percentile, relay_environ, relay_revision,
+    run_benchmark, state_url_for, wait_for, free_port,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -310,39 +305,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--rate × --seconds is at most {MAX_REQUESTS} requests (their bodies are built beforehand)")
     if args.catch_up_timeout <= 0:
         parser.error("--catch-up-timeout must be above 0")
-    args.state_url = args.state_url.strip()
-    if args.state_url.lower() in ("sqlite", "memory"):
-        args.state_url = args.state_url.lower()
-    elif not args.state_url.startswith(("sqlite:", "memory:")):
-        parser.error("--state-url must be sqlite, memory or a STATE_URL (sqlite:///<path>, memory://)")
+    args.state_url = checked_state_url(parser, args.state_url)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, on_signal)
-    atexit.register(stop_children)
-    workdir = Path(tempfile.mkdtemp(prefix="steady-"))
-    try:
-        try:
-            figures = run(args, workdir)
-        finally:
-            stop_children()
-            if args.keep_logs:
-                target = Path(args.keep_logs)
-                target.mkdir(parents=True, exist_ok=True)
-                for log in workdir.glob("*.log"):
-                    shutil.copy(log, target / log.name)
-    except (RuntimeError, requests.RequestException) as error:
-        print(f"steady: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("steady: interrupted; the relay and the mock are stopped", file=sys.stderr)
-        return 130
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(figures) if args.json else table(figures))
-    return 0 if passed(figures) else 3
+    return run_benchmark("steady", parse_args(argv), run, table, passed)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import requests
@@ -505,22 +506,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not RATE_LIMIT_TEXT.match(args.rate_limit.strip().lower()):
         parser.error("--rate-limit must be N/Ss (e.g. 10/60s) or off")
     args.rate_limit = args.rate_limit.strip().lower()
-    args.state_url = args.state_url.strip()
-    if args.state_url.lower() in ("sqlite", "memory"):
-        args.state_url = args.state_url.lower()
-    elif not args.state_url.startswith(("sqlite:", "memory:")):
-        parser.error("--state-url must be sqlite, memory or a STATE_URL (sqlite:///<path>, memory://)")
+    args.state_url = checked_state_url(parser, args.state_url)
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def checked_state_url(parser: argparse.ArgumentParser, text: str) -> str:
+    """--state-url as state_url_for() takes it: sqlite, memory, or a STATE_URL (the parser's error otherwise)."""
+    text = text.strip()
+    if text.lower() in ("sqlite", "memory"):
+        return text.lower()
+    if not text.startswith(("sqlite:", "memory:")):
+        parser.error("--state-url must be sqlite, memory or a STATE_URL (sqlite:///<path>, memory://)")
+    return text
+
+
+def run_benchmark(name: str, args: argparse.Namespace, run_once: Callable[[argparse.Namespace, Path], dict],
+                  shown: Callable[[dict], str], succeeded: Callable[[dict], bool]) -> int:
+    """One run in a temporary directory, children always stopped, logs kept if asked; the exit status: 0, 1 (the
+    run failed), 3 (it ran but did not succeed) or 130 (interrupted)."""
     signal.signal(signal.SIGTERM, on_signal)
     atexit.register(stop_children)
-    workdir = Path(tempfile.mkdtemp(prefix="storm-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     try:
         try:
-            figures = run(args, workdir)
+            figures = run_once(args, workdir)
         finally:
             stop_children()
             if args.keep_logs:
@@ -529,15 +538,19 @@ def main(argv: list[str] | None = None) -> int:
                 for log in workdir.glob("*.log"):
                     shutil.copy(log, target / log.name)
     except (RuntimeError, requests.RequestException) as error:
-        print(f"storm: {error}", file=sys.stderr)
+        print(f"{name}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("storm: interrupted; the relay and the mock are stopped", file=sys.stderr)
+        print(f"{name}: interrupted; the relay and the mock are stopped", file=sys.stderr)
         return 130
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(figures) if args.json else table(figures))
-    return 0 if figures["alerts_lost"] == 0 else 3
+    print(json.dumps(figures) if args.json else shown(figures))
+    return 0 if succeeded(figures) else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_benchmark("storm", parse_args(argv), run, table, lambda figures: figures["alerts_lost"] == 0)
 
 
 if __name__ == "__main__":
