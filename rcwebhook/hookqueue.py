@@ -221,8 +221,8 @@ class HookQueue:
             self.waiting.append(job)
             return job, False
         group = job.group_id = group_id(job.notification, job.reply_to)
-        latest = self.latest_by_group.get(group)
-        if latest is not None and latest.dedup_key == job.dedup_key and not self._expired(latest, now):
+        latest = self._repeated(group, job.dedup_key, now)
+        if latest is not None:
             # A reminder repeats on purpose: it joins only a copy still on its way, never a delivered one.
             if not (is_reminder(job.notification) and latest.finished):
                 if isinstance(latest, Job):
@@ -239,12 +239,16 @@ class HookQueue:
         self.waiting.append(job)
         return job, False
 
-    def repeats_latest(self, job: Job, now: float) -> bool:
-        """The job is the group's latest notification again, within the window (it would join it)."""
-        if job.dedup_key is None:
-            return False
-        latest = self.latest_by_group.get(group_id(job.notification, job.reply_to))
-        return latest is not None and latest.dedup_key == job.dedup_key and not self._expired(latest, now)
+    def _repeated(self, group: bytes, key: bytes, now: float) -> Job | FinishedGroup | None:
+        """The group's latest notification when it has this key and is within the window (what a repeat joins)."""
+        latest = self.latest_by_group.get(group)
+        if latest is not None and latest.dedup_key == key and not self._expired(latest, now):
+            return latest
+        return None
+
+    def repeats_latest(self, notification: Notification, key: bytes | None, now: float) -> bool:
+        """The notification, whole, is its group's latest again, within the window (it would join it)."""
+        return key is not None and self._repeated(group_id(notification), key, now) is not None
 
     # -- threads: a notification split into a channel part and replies --------------------------------------------
 
