@@ -88,6 +88,7 @@ class Dispatcher:
         self.restored_groups = 0
         self.thread_index = ThreadIndex()  # what announced each occurrence, on hooks with threads
         self.remembered_threads = remembered_threads
+        self.threads_restored_in_pid = 0  # read back once per process, and only once a hook has threads
         self.threads_unsupported_warned: set[str] = set()  # hook URLs whose Rocket.Chat gave no message id
         self.metrics = metrics or Metrics()
         self.clock = clock
@@ -128,6 +129,17 @@ class Dispatcher:
                 self.internal_errors_in_a_row[hook.url] = 0
                 if self.running and self.started_in_pid == os.getpid():
                     self._start_worker(hook.url)
+            if self.running and self.started_in_pid == os.getpid():
+                self._restore_threads()  # a reload may have turned threads on
+
+    def _restore_threads(self) -> None:
+        """The threads' message ids from the Store, read only when some hook has threads (STATE_MAX_ALERTS rows at
+        most: not worth reading at every start of a relay that never replies in threads)."""
+        if self.threads_restored_in_pid == os.getpid():
+            return
+        if any(getattr(queue.destination, "threads", False) for queue in self.queues.values()):
+            self.threads_restored_in_pid = os.getpid()
+            self.thread_index.restore(self.remembered_threads())
 
     def restore_groups(self, memories: Iterable[GroupMemory]) -> int:
         """Put the de-duplication memory read back at start into the queues (oldest first, before any traffic), so
@@ -166,7 +178,8 @@ class Dispatcher:
             # Threads do not survive a fork (gunicorn --preload imports the app in the master): start them anew.
             self.running, self.started_in_pid, self.workers = True, os.getpid(), {}
             self.restored_groups = self.restore_groups(self.remembered_groups())
-            self.thread_index.restore(self.remembered_threads())
+            self.threads_restored_in_pid = 0
+            self._restore_threads()
             for url in self.queues:
                 self._start_worker(url)
         return self
@@ -271,15 +284,15 @@ class Dispatcher:
 
         A copy of the group's latest notification (an HA peer's, or Alertmanager's retry after a partial failure) is
         split as that one was, so each part joins its own and nothing is posted twice."""
-        queue = self.queues[part.hook.url]
         if not getattr(part.hook, "threads", False):
             return [part]
+        queue = self.queues[part.hook.url]
         whole_key = dedup_key(notification, part.alerts)
         if not is_reminder(notification):
             layout = queue.split_remembered(notification, whole_key, now)
             if layout is not None:
                 return parts_of(part, layout)
-            if queue.repeats_latest(Job(part.hook, notification, part.alerts, whole_key, 0), now):
+            if queue.repeats_latest(notification, whole_key, now):
                 return [part]  # an HA peer's copy of an unsplit notification: whole, it joins what it repeats
         key = hook_key(part.hook.url)
         threads_of = {
@@ -383,7 +396,8 @@ class Dispatcher:
                     pause = min(INTERNAL_ERROR_PAUSE_CAP_SECONDS, INTERNAL_ERROR_PAUSE_SECONDS * 2 ** min(errors, 16))
                     self.condition.wait(pause)
 
-    def _remember_threads(self, queue: HookQueue, batch: Batch, result: PostResult | None) -> tuple[ThreadMessage, ...]:
+    def _remember_threads(self, queue: HookQueue, batch: Batch,
+                          result: PostResult | None) -> tuple[ThreadMessage, ...]:
         """A delivered channel post on a hook with threads becomes the thread of each firing occurrence it showed
         first (called under the condition, so a resolved notification arriving next finds it)."""
         hook = batch.jobs[0].destination if batch.jobs else queue.destination  # the hook render() saw
