@@ -5,18 +5,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from rcwebhook.store import (
-    MAX_DELIVERIES_PER_ALERT, AlertSeen, Delivery, GroupMemory, NotificationRecord, StoreError, ThreadMessage,
-    WriteBatch,
+    MAX_DELIVERIES_PER_ALERT, SMS_CANCELLED, SMS_DIGESTED, SMS_FAILED, SMS_HELD, SMS_PENDING, SMS_SENT, AlertSeen,
+    Delivery, GroupMemory, NotificationRecord, SmsAlert, SmsMessage, StoreError, ThreadMessage, WriteBatch,
     open_store,
 )
+from rcwebhook.store import sqlite as sqlite_module
 from rcwebhook.store.memory import MemoryStore
 from rcwebhook.store.sqlite import SQLiteStore
+
+REPO = Path(__file__).resolve().parent.parent
+ALICE, BOB = "+15550000001", "+15550000002"
 
 
 def seen(alert_id="a1", at=100.0, *, status="firing", severity="critical", integration="rc", alertname="DiskFull",
@@ -42,6 +50,26 @@ def notification(notification_id="n1", received=100.0, destinations=None, *, sta
 def group(hook_key="hook-a", group_id=b"\x00g1\xff", finished_at=100.0, *, state="delivered", status=200):
     return GroupMemory(hook_key=hook_key, group_id=group_id, dedup_key=b"\xfe\x00dedup", state=state, status=status,
                        reason="", finished_at=finished_at)
+
+
+def sms_alert(alert_id="a1", labels=None):
+    return SmsAlert(id=alert_id, fingerprint=f"fp-{alert_id}", alertname="DiskFull",
+                    labels={"alertname": "DiskFull", "instance": alert_id} if labels is None else labels,
+                    annotations={"summary": f"{alert_id} is full"}, severity="critical",
+                    starts_at="2024-05-01T10:00:00Z")
+
+
+def sms_message(sms_id="s1", alert_ids=("a1",), *, recipient=ALICE, kind="alert", status=SMS_PENDING, at=100.0,
+                next_attempt_at=None, alerts=None, **fields):
+    """A message created, due and updated at `at` unless told otherwise."""
+    return SmsMessage(id=sms_id, destination="oncall", recipient=recipient, kind=kind,
+                      alerts=tuple(sms_alert(a) for a in alert_ids) if alerts is None else alerts, status=status,
+                      created_at=at, due_at=at, next_attempt_at=at if next_attempt_at is None else next_attempt_at,
+                      updated_at=at, **fields)
+
+
+def alert_ids(message):
+    return [alert.id for alert in message.alerts]
 
 
 def write(store, *, alerts=(), deliveries=(), notifications=(), groups=()):
@@ -124,7 +152,7 @@ def test_deliveries_are_appended_and_only_the_newest_are_kept(store):
 def test_a_delivery_for_an_unknown_occurrence_is_dropped(store):
     write(store, deliveries=[delivery("ghost")], notifications=[notification()])
     assert store.alert("ghost") is None
-    assert store.counts() == {"alerts": 0, "notifications": 1, "groups": 0, "threads": 0}
+    assert store.counts() == {"alerts": 0, "notifications": 1, "groups": 0, "threads": 0, "sms": 0}
     write(store, alerts=[seen("ghost", at=5.0)])
     assert store.alert("ghost").deliveries == () and store.alert("ghost").updated_at == 5.0
 
@@ -215,14 +243,14 @@ def test_prune_keeps_the_most_recently_updated_beyond_max_alerts(store):
     assert [n.id for n in store.notifications()] == ["n4", "n3"]
     assert store.prune(updated_before=0.0, max_alerts=2, groups_finished_before=0.0) == 0
     assert store.prune(updated_before=0.0, max_alerts=0, groups_finished_before=0.0) == 2
-    assert store.counts() == {"alerts": 0, "notifications": 0, "groups": 0, "threads": 0}
+    assert store.counts() == {"alerts": 0, "notifications": 0, "groups": 0, "threads": 0, "sms": 0}
 
 
 def test_counts(store):
-    assert store.counts() == {"alerts": 0, "notifications": 0, "groups": 0, "threads": 0}
+    assert store.counts() == {"alerts": 0, "notifications": 0, "groups": 0, "threads": 0, "sms": 0}
     write(store, alerts=[seen("a"), seen("b"), seen("a", 101.0)], notifications=[notification("n1")],
           groups=[group("h", b"1"), group("h", b"2"), group("h", b"1")])
-    assert store.counts() == {"alerts": 2, "notifications": 1, "groups": 2, "threads": 0}
+    assert store.counts() == {"alerts": 2, "notifications": 1, "groups": 2, "threads": 0, "sms": 0}
 
 
 def test_any_unicode_is_stored_and_labels_keep_lone_surrogates(store):
@@ -270,6 +298,257 @@ def test_open_store_picks_the_backend_by_url(tmp_path):
     sqlite.close()
     with pytest.raises(StoreError, match="redis://x"):
         open_store("redis://x")
+
+
+# SMS (issue 11).
+
+def test_an_sms_keeps_every_field_exactly(store):
+    hostile = {"emoji": "🔥 日本", "lone": "x\ud800y", "nul": "a\x00b"}
+    full = sms_message(
+        "s-full", alerts=(sms_alert("a1", hostile), sms_alert("a2", {})), kind="alert", status=SMS_SENT,
+        next_attempt_at=130.5, tier=2, attempts=3, check_silences=True, alertmanager_url="http://am:9093",
+        body="[FIRING] DiskFull db1", segments=2, sid="SM123", twilio_status="queued", error_code=30003,
+        reason="retried", sent_at=131.25, digest_id="d-1")
+    plain = sms_message("s-plain", alerts=(SmsAlert("a3", "fp-a3", "Load", {}, {}),), status=SMS_FAILED,
+                        error_code=None, sent_at=None)
+    store.save_sms([full, plain])
+    assert store.sms("s-full") == full and store.sms("s-plain") == plain
+    assert type(store.sms("s-full").alerts) is tuple and store.sms("s-full").check_silences is True
+    assert (store.sms("s-plain").error_code, store.sms("s-plain").sent_at) == (None, None)
+    assert store.sms("nope") is None
+
+
+def test_schedule_sms_adds_each_occurrence_once_per_recipient_and_kind(store):
+    assert store.schedule_sms([sms_message("s1", ("a1", "a2"))], at=100.0) == [sms_message("s1", ("a1", "a2"))]
+    # Partly paged already: only the new occurrence goes, in a message left with it alone.
+    added = store.schedule_sms([sms_message("s2", ("a2", "a3"))], at=110.0)
+    assert added == [sms_message("s2", ("a3",))] and store.sms("s2") == sms_message("s2", ("a3",))
+    # Wholly paged already: not added at all.
+    assert store.schedule_sms([sms_message("s3", ("a1", "a3"))], at=120.0) == []
+    assert store.sms("s3") is None and store.counts()["sms"] == 2
+    # Another recipient, or the resolved notice for the same recipient, is paged apart.
+    added = store.schedule_sms([sms_message("s4", ("a1",), recipient=BOB),
+                                sms_message("s5", ("a1", "a2"), kind="resolved")], at=130.0)
+    assert [(m.id, alert_ids(m)) for m in added] == [("s4", ["a1"]), ("s5", ["a1", "a2"])]
+    assert store.schedule_sms([sms_message("s6", ("a2",), kind="resolved")], at=140.0) == []
+    # Within one call, and within one message, an occurrence goes once too.
+    added = store.schedule_sms([sms_message("s7", ("a9",)), sms_message("s8", ("a9", "a10", "a10"))], at=150.0)
+    assert [(m.id, alert_ids(m)) for m in added] == [("s7", ["a9"]), ("s8", ["a10"])]
+    assert [alert_ids(store.sms(i)) for i in ("s7", "s8")] == [["a9"], ["a10"]]
+    assert store.counts()["sms"] == 6
+
+
+def test_schedule_sms_refuses_an_id_already_stored_and_keeps_nothing_of_the_call(store):
+    store.schedule_sms([sms_message("s1", ("a1",))], at=100.0)
+    with pytest.raises(StoreError):
+        store.schedule_sms([sms_message("s2", ("a2",)), sms_message("s1", ("a3",))], at=110.0)
+    assert store.sms("s2") is None and store.sms("s1") == sms_message("s1", ("a1",))
+    added = store.schedule_sms([sms_message("s3", ("a2", "a3"))], at=120.0)  # neither pair was kept
+    assert [alert_ids(m) for m in added] == [["a2", "a3"]] and store.counts()["sms"] == 2
+
+
+@pytest.mark.parametrize("labels", [{"x": object()}, {"nan": float("nan")}, {"bytes": b"\x00"}])
+def test_sms_labels_json_cannot_hold_are_refused_and_nothing_of_the_call_kept(store, labels):
+    good, bad = sms_message("good", ("a1",)), sms_message("bad", alerts=(sms_alert("a2", labels),))
+    with pytest.raises(StoreError):
+        store.schedule_sms([good, bad], at=100.0)
+    with pytest.raises(StoreError):
+        store.save_sms([good, bad])
+    annotated = dataclasses.replace(sms_alert("a3"), annotations=labels)
+    with pytest.raises(StoreError):
+        store.save_sms([sms_message("bad-annotations", alerts=(annotated,))])
+    assert store.counts()["sms"] == 0
+    assert [m.id for m in store.schedule_sms([good], at=110.0)] == ["good"]  # its pair was not kept either
+
+
+def test_due_sms_are_open_ones_whose_time_came_earliest_first(store):
+    store.save_sms([
+        sms_message("b-pending", next_attempt_at=100.0), sms_message("a-pending", next_attempt_at=100.0),
+        sms_message("held", status=SMS_HELD, next_attempt_at=50.0),
+        sms_message("later", next_attempt_at=200.0),
+        *(sms_message(f"final-{status}", status=status, next_attempt_at=10.0)
+          for status in (SMS_SENT, SMS_DIGESTED, SMS_CANCELLED, SMS_FAILED, "opted_out")),
+    ])
+    assert [m.id for m in store.due_sms(100.0)] == ["held", "a-pending", "b-pending"]
+    assert [m.id for m in store.due_sms(100.0, limit=2)] == ["held", "a-pending"]
+    assert store.due_sms(49.9) == [] and store.due_sms(1000.0, limit=0) == []
+    assert [m.id for m in store.due_sms(1000.0)] == ["held", "a-pending", "b-pending", "later"]
+    store.save_sms([sms_message("held", status=SMS_SENT, next_attempt_at=50.0)])  # sent: no longer due
+    assert [m.id for m in store.due_sms(100.0)] == ["a-pending", "b-pending"]
+
+
+def test_open_sms_are_every_open_one_of_the_recipient(store):
+    store.save_sms([
+        sms_message("alice-late", next_attempt_at=300.0), sms_message("alice-held", status=SMS_HELD,
+                                                                       next_attempt_at=200.0),
+        sms_message("alice-sent", status=SMS_SENT), sms_message("bob", recipient=BOB, next_attempt_at=100.0),
+    ])
+    assert [m.id for m in store.open_sms()] == ["bob", "alice-held", "alice-late"]
+    assert [m.id for m in store.open_sms(recipient=ALICE)] == ["alice-held", "alice-late"]
+    assert [m.id for m in store.open_sms(recipient=BOB)] == ["bob"] and store.open_sms(recipient="+1") == []
+
+
+def test_save_sms_replaces_a_message_and_what_it_names(store):
+    store.schedule_sms([sms_message("s1", ("a1", "a2"))], at=100.0)
+    sent = sms_message("s1", ("a2", "a3"), status=SMS_SENT, at=100.0, attempts=1, sid="SM1", sent_at=105.0)
+    store.save_sms([dataclasses.replace(sent, updated_at=105.0)])
+    assert store.sms("s1") == dataclasses.replace(sent, updated_at=105.0) and store.counts()["sms"] == 1
+    assert store.sms_for_alert("a1") == [] and [m.id for m in store.sms_for_alert("a3")] == ["s1"]
+
+
+def test_sms_by_sid_for_alert_and_recent(store):
+    store.save_sms([
+        sms_message("s-b", ("a1",), at=100.0, sid="SM-b"), sms_message("s-a", ("a1", "a2"), at=100.0),
+        sms_message("s-old", ("a1",), at=50.0, status=SMS_DIGESTED, digest_id="digest"),
+        sms_message("digest", ("a1", "a2"), kind="digest", at=300.0, status=SMS_SENT, sid="SM-d"),
+        sms_message("other", ("a3",), at=200.0),
+    ])
+    assert store.sms_by_sid("SM-d").id == "digest" and store.sms_by_sid("SM-b").id == "s-b"
+    assert store.sms_by_sid("SM-none") is None and store.sms_by_sid("") is None  # "" is no sid
+    assert [m.id for m in store.sms_for_alert("a1")] == ["s-old", "s-a", "s-b", "digest"]
+    assert [m.id for m in store.sms_for_alert("a2")] == ["s-a", "digest"] and store.sms_for_alert("zz") == []
+    assert [m.id for m in store.recent_sms()] == ["digest", "other", "s-b", "s-a", "s-old"]
+    assert [m.id for m in store.recent_sms(limit=3)] == ["digest", "other", "s-b"] and store.recent_sms(limit=0) == []
+
+
+def test_sms_sent_times_are_those_sent_in_the_window(store):
+    store.save_sms([
+        sms_message("early", status=SMS_SENT, sent_at=99.0), sms_message("edge", status=SMS_SENT, sent_at=100.0),
+        sms_message("late", status=SMS_SENT, sent_at=300.0), sms_message("mid", status=SMS_SENT, sent_at=200.0),
+        sms_message("bob", status=SMS_SENT, sent_at=150.0, recipient=BOB),
+        # Went out inside a digest (the digest's own sending counts), or not sent: not counted.
+        sms_message("digested", status=SMS_DIGESTED, sent_at=250.0), sms_message("pending", sent_at=None),
+        sms_message("failed", status=SMS_FAILED, sent_at=260.0),
+    ])
+    assert store.sms_sent_times(100.0) == [100.0, 150.0, 200.0, 300.0]
+    assert store.sms_sent_times(100.0, recipient=ALICE) == [100.0, 200.0, 300.0]
+    assert store.sms_sent_times(0.0, recipient=BOB) == [150.0] and store.sms_sent_times(301.0) == []
+
+
+def test_a_twilio_status_never_moves_a_message_back(store):
+    store.save_sms([sms_message("s1", status=SMS_SENT, sid="SM1", twilio_status="queued")])
+
+    def record(status, at, error_code=None):
+        message = store.record_sms_status("SM1", status, error_code, at)
+        assert message == store.sms("s1")
+        return message.twilio_status, message.error_code, message.updated_at
+
+    assert record("sent", 110.0) == ("sent", None, 110.0)
+    assert record("sending", 120.0) == ("sent", None, 110.0)  # arrived late: ranks lower
+    assert record("delivered", 130.0) == ("delivered", None, 130.0)
+    assert record("failed", 125.0, 30003) == ("delivered", None, 130.0)  # same rank, older: the later one stays
+    assert record("undelivered", 140.0, 30005) == ("undelivered", 30005, 140.0)  # same rank, later: wins
+    assert record("read", 150.0) == ("read", None, 150.0)
+    assert record("delivered", 160.0) == ("read", None, 150.0)
+    # The worker saving its older copy of the message does not move it back either.
+    store.save_sms([sms_message("s1", status=SMS_SENT, sid="SM1", twilio_status="queued", at=170.0)])
+    assert (store.sms("s1").twilio_status, store.sms("s1").updated_at) == ("read", 170.0)
+    assert store.record_sms_status("SM-unknown", "delivered", None, 180.0) is None
+
+
+def test_a_status_callback_that_beats_the_send_is_applied_when_the_message_is_saved(store):
+    assert store.record_sms_status("SM1", "delivered", None, 100.0) is None
+    assert store.record_sms_status("SM1", "sent", None, 101.0) is None  # lower: the delivered stays
+    store.save_sms([sms_message("s1", status=SMS_SENT, sid="SM1", twilio_status="queued", at=102.0)])
+    assert store.sms("s1").twilio_status == "delivered" and store.sms_by_sid("SM1").id == "s1"
+    store.record_sms_status("SM2", "undelivered", 30006, 100.0)
+    store.schedule_sms([sms_message("s2", ("a2",), sid="SM2", twilio_status="queued")], at=102.0)
+    assert (store.sms("s2").twilio_status, store.sms("s2").error_code) == ("undelivered", 30006)
+    # Given as high as the one recorded, or higher: as given.
+    store.record_sms_status("SM3", "sent", None, 100.0)
+    store.save_sms([sms_message("s3", status=SMS_SENT, sid="SM3", twilio_status="failed", error_code=30008)])
+    assert (store.sms("s3").twilio_status, store.sms("s3").error_code) == ("failed", 30008)
+    store.record_sms_status("SM4", "failed", 30003, 100.0)
+    store.save_sms([sms_message("s4", status=SMS_SENT, sid="SM4", twilio_status="delivered")])
+    assert (store.sms("s4").twilio_status, store.sms("s4").error_code) == ("delivered", None)
+    # A message without a sid never takes a status (an empty sid is refused as no sid).
+    assert store.record_sms_status("", "delivered", None, 100.0) is None
+    store.save_sms([sms_message("no-sid", twilio_status="")])
+    assert store.sms("no-sid").twilio_status == ""
+
+
+def test_occurrences_seen_resolved_are_remembered_from_the_first_time(store):
+    assert store.resolved_among(["a1"]) == set()
+    store.mark_resolved(["a1", "a2"], at=100.0)
+    store.mark_resolved(["a2", "a3", "a3"], at=200.0)
+    assert store.resolved_among(["a1", "a3", "a4", "a1"]) == {"a1", "a3"} and store.resolved_among([]) == set()
+    store.prune(updated_before=150.0, max_alerts=100, groups_finished_before=0.0)
+    assert store.resolved_among(["a1", "a2", "a3"]) == {"a3"}  # a2 was first seen resolved at 100
+
+
+def test_opt_outs_are_set_lifted_and_kept_by_prune(store):
+    assert store.opt_outs() == {}
+    store.set_opt_out(ALICE, 100.0)
+    store.set_opt_out(BOB, 200.0)
+    store.set_opt_out(ALICE, 300.0)  # refused again when tried after the wait: the wait starts anew
+    assert store.opt_outs() == {ALICE: 300.0, BOB: 200.0}
+    store.set_opt_out(ALICE, None)
+    store.set_opt_out("+15559999999", None)  # not opted out: nothing to lift
+    store.prune(updated_before=1e12, max_alerts=0, groups_finished_before=1e12)
+    assert store.opt_outs() == {BOB: 200.0}
+
+
+def test_prune_forgets_final_sms_by_age_and_beyond_max_alerts_but_never_open_ones(store):
+    store.save_sms([
+        sms_message("old-pending", at=10.0), sms_message("old-held", status=SMS_HELD, at=10.0),
+        sms_message("old-sent", ("a-old",), status=SMS_SENT, at=10.0, sid="SM-old"),
+        sms_message("edge", status=SMS_FAILED, at=200.0), sms_message("c", status=SMS_SENT, at=300.0),
+        sms_message("b", status=SMS_CANCELLED, at=300.0), sms_message("newest", status=SMS_SENT, at=400.0,
+                                                                       sid="SM-kept"),
+    ])
+    assert store.prune(updated_before=200.0, max_alerts=100, groups_finished_before=0.0) == 0  # alerts only
+    assert sorted(m.id for m in store.recent_sms()) == ["b", "c", "edge", "newest", "old-held", "old-pending"]
+    assert store.sms_for_alert("a-old") == [] and store.counts()["sms"] == 6
+    store.prune(updated_before=0.0, max_alerts=2, groups_finished_before=0.0)  # b and c tie: the id decides
+    assert sorted(m.id for m in store.recent_sms()) == ["c", "newest", "old-held", "old-pending"]
+    store.prune(updated_before=1e12, max_alerts=0, groups_finished_before=0.0)
+    assert sorted(m.id for m in store.recent_sms()) == ["old-held", "old-pending"]
+
+
+def test_prune_forgets_paged_pairs_and_statuses_of_unknown_sids_by_age(store):
+    store.schedule_sms([sms_message("s-old", ("a-old",))], at=100.0)
+    store.schedule_sms([sms_message("s-new", ("a-new",))], at=200.0)
+    store.record_sms_status("SM-unknown-old", "delivered", None, 100.0)
+    store.record_sms_status("SM-unknown-new", "delivered", None, 200.0)
+    store.save_sms([sms_message("known", status=SMS_SENT, sid="SM-known", twilio_status="queued", at=300.0)])
+    store.record_sms_status("SM-known", "delivered", None, 100.0)
+    store.prune(updated_before=200.0, max_alerts=100, groups_finished_before=0.0)
+    added = store.schedule_sms([sms_message("again", ("a-old", "a-new"))], at=300.0)
+    assert [alert_ids(m) for m in added] == [["a-old"]]
+    store.save_sms([sms_message(f"late-{n}", status=SMS_SENT, sid=sid, twilio_status="queued", at=300.0)
+                    for n, sid in enumerate(("SM-unknown-old", "SM-unknown-new"))])
+    assert [store.sms(f"late-{n}").twilio_status for n in range(2)] == ["queued", "delivered"]
+    # A known sid's status is kept however old: a stale copy saved again does not lower it.
+    store.save_sms([sms_message("known", status=SMS_SENT, sid="SM-known", twilio_status="queued", at=310.0)])
+    assert store.sms("known").twilio_status == "delivered"
+
+
+def test_threads_scheduling_overlapping_occurrences_add_each_once(store):
+    threads_count, rounds = 8, 30
+    barrier, failures, added = threading.Barrier(threads_count), [], []
+
+    def scheduler(number):
+        try:
+            barrier.wait(timeout=30)
+            order = range(rounds) if number % 2 else reversed(range(rounds))
+            for n in order:  # half the threads walk the other way: they meet in the middle
+                messages = [sms_message(f"t{number}-{n}-{recipient}", [f"a{n + k}" for k in range(3)],
+                                        recipient=recipient) for recipient in (ALICE, BOB)]
+                added.extend(store.schedule_sms(messages, at=float(n)))
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=scheduler, args=(number,)) for number in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    stored = store.recent_sms(limit=10_000)
+    assert sorted(stored, key=lambda m: m.id) == sorted(added, key=lambda m: m.id)
+    pairs = [(m.recipient, alert.id) for m in stored for alert in m.alerts]
+    expected = {(recipient, f"a{n}") for recipient in (ALICE, BOB) for n in range(rounds + 2)}
+    assert len(pairs) == len(set(pairs)) and set(pairs) == expected
 
 
 # What only the SQLite file must do.
@@ -425,4 +704,173 @@ def test_a_forked_process_opens_its_own_connection(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0
     write(store, alerts=[seen("parent-again")])
     assert sorted(r.id for r in store.alerts()) == ["child", "parent", "parent-again"]
+    store.close()
+
+
+# SMS: what only the SQLite file must do.
+
+def test_sms_state_survives_a_restart(tmp_path):
+    path = str(tmp_path / "state.sqlite3")
+    first = SQLiteStore(path)
+    first.schedule_sms([sms_message("s1", ("a1", "a2"))], at=100.0)
+    first.record_sms_status("SM-early", "delivered", None, 100.0)
+    first.mark_resolved(["a1"], at=100.0)
+    first.set_opt_out(ALICE, 100.0)
+    first.close()
+    second = SQLiteStore(path)
+    assert second.sms("s1") == sms_message("s1", ("a1", "a2")) and second.opt_outs() == {ALICE: 100.0}
+    assert second.resolved_among(["a1", "a2"]) == {"a1"} and [m.id for m in second.sms_for_alert("a2")] == ["s1"]
+    assert second.schedule_sms([sms_message("s2", ("a2",))], at=110.0) == []  # paged before the restart
+    second.save_sms([sms_message("s3", status=SMS_SENT, sid="SM-early", twilio_status="queued")])
+    assert second.sms("s3").twilio_status == "delivered"
+    second.close()
+
+
+def test_a_state_file_from_before_sms_gains_its_tables_and_keeps_its_journal(tmp_path):
+    path = tmp_path / "state.sqlite3"
+    old = SQLiteStore(str(path))
+    write(old, alerts=[seen("kept")], notifications=[notification()])
+    old.close()
+    with sqlite3.connect(path) as connection:  # the previous release's file: no SMS tables
+        tables = [name for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'sms%'")]
+        assert len(tables) == 6
+        for table in tables:
+            connection.execute(f"DROP TABLE {table}")
+    first, second = SQLiteStore(str(path)), SQLiteStore(str(path))  # opened twice, at once
+    assert first.alert("kept") is not None and second.counts() == {
+        "alerts": 1, "notifications": 1, "groups": 0, "threads": 0, "sms": 0}
+    first.schedule_sms([sms_message("s1")], at=100.0)
+    assert second.sms("s1") == sms_message("s1") and second.schedule_sms([sms_message("s2")], at=100.0) == []
+    first.close()
+    second.close()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_a_pruned_message_leaves_nothing_of_it_behind(tmp_path):
+    store = SQLiteStore(str(tmp_path / "state.sqlite3"))
+    store.save_sms([sms_message("gone", ("a1", "a2"), status=SMS_SENT, at=10.0),
+                    sms_message("kept", ("a2",), status=SMS_SENT, at=300.0)])
+    store.prune(updated_before=200.0, max_alerts=100, groups_finished_before=0.0)
+    store.close()
+    with sqlite3.connect(tmp_path / "state.sqlite3") as connection:
+        assert connection.execute("SELECT alert_id, sms_id FROM sms_alerts").fetchall() == [("a2", "kept")]
+
+
+def test_sms_writers_on_many_threads_share_one_connection(tmp_path):
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    threads_count = 20
+    written, release, failures = threading.Barrier(threads_count + 1), threading.Barrier(threads_count + 1), []
+
+    def writer(number):
+        try:
+            store.schedule_sms([sms_message(f"s{number}", (f"a{number}",))], at=100.0)
+        except BaseException as error:
+            failures.append(error)
+        finally:  # alive until counted: a connection of its own would still be open
+            written.wait(timeout=30)
+            release.wait(timeout=30)
+
+    threads = [threading.Thread(target=writer, args=(number,)) for number in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    written.wait(timeout=30)
+    open_on_the_file = [fd for fd in os.listdir("/proc/self/fd")
+                        if _readlink(f"/proc/self/fd/{fd}") == str(path)]
+    release.wait(timeout=30)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert failures == [] and store.counts()["sms"] == threads_count
+    assert len(open_on_the_file) <= 2  # the constructor's connection and the SMS writers' one
+    store.close()
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def test_an_sms_write_waits_longer_for_the_lock_than_the_journal(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(sqlite_module, "SMS_BUSY_TIMEOUT_SECONDS", 1.2)
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="locked"):
+        write(store, alerts=[seen()])
+    journal_waited = time.monotonic() - started
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="locked"):
+        store.schedule_sms([sms_message()], at=100.0)
+    sms_waited = time.monotonic() - started
+    assert journal_waited < 1.0 <= sms_waited < 5.0
+    other.execute("ROLLBACK")
+    assert [m.id for m in store.schedule_sms([sms_message()], at=100.0)] == ["s1"]  # the failed one kept nothing
+    other.close()
+    store.close()
+
+
+# Opens the store, says so, waits for the word, then schedules overlapping occurrences for two recipients (walking
+# them forwards or backwards) and prints how many pairs it added.
+SCHEDULER = textwrap.dedent("""
+    import sys
+    from rcwebhook.store import SmsAlert, SmsMessage
+    from rcwebhook.store.sqlite import SQLiteStore
+
+    path, name, rounds, backwards = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "backwards"
+    store = SQLiteStore(path)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    added = 0
+    for n in reversed(range(rounds)) if backwards else range(rounds):
+        messages = [SmsMessage(id=f"{name}-{n}-{recipient}", destination="oncall", recipient=recipient, kind="alert",
+                               alerts=tuple(SmsAlert(f"a{n + k}", "fp", "DiskFull", {}, {}) for k in range(3)),
+                               status="pending", created_at=n, due_at=n, next_attempt_at=n, updated_at=n)
+                    for recipient in ("+15550000001", "+15550000002")]
+        added += sum(len(message.alerts) for message in store.schedule_sms(messages, float(n)))
+    store.close()
+    print(added, flush=True)
+""")
+
+
+def test_two_processes_scheduling_the_same_occurrences_add_each_once(tmp_path):
+    path, rounds = tmp_path / "state.sqlite3", 150
+    SQLiteStore(str(path)).close()
+    children = [subprocess.Popen([sys.executable, "-c", SCHEDULER, str(path), name, str(rounds), name], cwd=REPO,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for name in ("forwards", "backwards")]  # they meet in the middle
+    try:
+        for child in children:
+            assert child.stdout.readline() == "ready\n", child.communicate(timeout=30)[1]
+        for child in children:  # both have the file open: go at once
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        outputs = [child.communicate(timeout=60) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert [child.returncode for child in children] == [0, 0], [error for _, error in outputs]
+    store = SQLiteStore(str(path))
+    pairs = [(m.recipient, alert.id) for m in store.recent_sms(limit=10_000) for alert in m.alerts]
+    store.close()
+    assert len(pairs) == len(set(pairs)) == 2 * (rounds + 2)
+    assert sum(int(out) for out, _ in outputs) == len(pairs)
+
+
+def test_an_alert_in_an_sms_written_by_a_later_release_loses_only_what_this_one_does_not_know(tmp_path):
+    path = tmp_path / "state.sqlite3"
+    store = SQLiteStore(str(path))
+    store.save_sms([sms_message("s1", ("a1",))])
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE sms SET alerts = json_set(alerts, '$[0].added_later', 'x')")
+    assert store.sms("s1") == sms_message("s1", ("a1",))
     store.close()

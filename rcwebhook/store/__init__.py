@@ -6,16 +6,22 @@ machine; the replicas issue adds redis://. Every backend passes tests/test_store
 The Store holds
 - the de-duplication and refusal memory: each hook's groups' latest finished notification (GroupMemory),
 - the journal: one record per alert occurrence (fingerprint + startsAt) with its deliveries, and one per
-  notification received.
+  notification received,
+- thread ids (ROCKETCHAT_THREADS),
+- SMS escalation (issue 11): every SMS scheduled, pending, sent or given up, which occurrences have been paged to
+  which recipient (so a re-send, an HA peer or a restart never pages twice), the occurrences seen resolved, Twilio's
+  delivery statuses and the recipients who opted out. SMS records are written at once by the thread that decides
+  (a request, the SMS worker, a status callback), not behind by the event thread: they decide what is sent.
 
 Times are wall-clock epoch seconds given by the caller: a store keeps no clock of its own, so tests pass any time.
-One thread per process writes (the journal's, on the event thread); any thread may read. Every method may raise StoreError.
+The journal's records are written by one thread per process (the event thread); SMS calls may write from any
+thread (requests, the SMS worker, status callbacks); any thread may read. Every method may raise StoreError.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, Sequence
 
 # Deliveries kept per alert occurrence: a long Rocket.Chat outage retries a post many times.
 MAX_DELIVERIES_PER_ALERT = 20
@@ -131,6 +137,63 @@ class WriteBatch:
         return bool(self.alerts or self.deliveries or self.notifications or self.groups or self.threads)
 
 
+# SMS states. Open ones are still to be decided by the SMS worker; the rest are final.
+SMS_PENDING = "pending"  # waiting for its due time (delay, tier, SMS_HOURS) or its next retry
+SMS_HELD = "held"  # over SMS_MAX_PER_HOUR for its recipient: goes out (alone or in a digest) when the hour allows
+SMS_SENT = "sent"  # Twilio took it (201); twilio_status follows the status callbacks
+SMS_DIGESTED = "digested"  # went out inside the digest SMS digest_id
+SMS_CANCELLED = "cancelled"  # every alert resolved or silenced before it went (reason says which)
+SMS_OPTED_OUT = "opted_out"  # the recipient replied STOP (Twilio 21610)
+SMS_FAILED = "failed"  # refused for good, given up after SMS_GIVE_UP_SECONDS, or over SMS_MAX_PER_DAY
+OPEN_SMS_STATES = (SMS_PENDING, SMS_HELD)
+SMS_STATES = (SMS_PENDING, SMS_HELD, SMS_SENT, SMS_DIGESTED, SMS_CANCELLED, SMS_OPTED_OUT, SMS_FAILED)
+# Twilio's message statuses in the order a message moves through them; a later callback never moves one back
+# (callbacks may arrive out of order). The three final ones rank alike: the latest of them wins.
+TWILIO_STATUS_RANK = {"accepted": 1, "queued": 1, "sending": 2, "sent": 3, "delivered": 4, "undelivered": 4,
+                      "failed": 4, "read": 5}
+
+
+@dataclass(frozen=True)
+class SmsAlert:
+    """One alert occurrence as an SMS names it (enough to render its body when it is due)."""
+
+    id: str  # occurrence_id(fingerprint, starts_at)
+    fingerprint: str
+    alertname: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    severity: str = ""  # the relay's normalised severity (critical, warning, info, unknown)
+    starts_at: str = ""
+
+
+@dataclass(frozen=True)
+class SmsMessage:
+    """One SMS to one recipient: scheduled, then sent (or not) by the SMS worker."""
+
+    id: str  # random, unique
+    destination: str  # the SMS destination's name
+    recipient: str = field(repr=False)  # E.164; the Store keeps it to send, everything else shows its last 3 digits
+    kind: str  # alert | resolved | digest | test
+    alerts: tuple[SmsAlert, ...]
+    status: str  # one of SMS_STATES
+    created_at: float
+    due_at: float  # when it may first go (delay, tier, SMS_HOURS)
+    next_attempt_at: float  # due_at, later after a retry or while held
+    updated_at: float
+    tier: int = 0
+    attempts: int = 0
+    check_silences: bool = False  # scheduled with a delay: ask Alertmanager before sending
+    alertmanager_url: str = ""  # where to ask: ALERTMANAGER_URL or the notification's externalURL
+    body: str = ""  # the text sent (or to be sent)
+    segments: int = 0
+    sid: str = ""  # Twilio's SM… id once sent
+    twilio_status: str = ""  # Twilio's latest status for sid (the send's answer, then the callbacks)
+    error_code: int | None = None  # Twilio's error code, from a refusal or a callback
+    reason: str = ""  # why it is held, cancelled or failed, for people
+    sent_at: float | None = None
+    digest_id: str = ""  # SMS_DIGESTED: the digest that carried it
+
+
 class Store(Protocol):
     """The interface every backend implements (see the module's docstring for its rules)."""
 
@@ -171,10 +234,65 @@ class Store(Protocol):
         """Forget alert records (with their deliveries) and notification records last updated (received) before
         updated_before; then the least recently updated beyond max_alerts occurrences, and the oldest notifications
         beyond max_alerts; group memory finished before groups_finished_before; and thread messages recorded before
-        updated_before, then the oldest beyond max_alerts. Returns how many alert records went."""
+        updated_before, then the oldest beyond max_alerts. SMS: final messages updated before updated_before, then
+        the least recently updated final ones beyond max_alerts (open ones are never pruned); paged pairs,
+        resolved marks and statuses of unknown sids recorded before updated_before. Opt-outs are kept. Returns how
+        many alert records went."""
 
     def counts(self) -> Mapping[str, int]:
-        """{"alerts": n, "notifications": n, "groups": n, "threads": n}."""
+        """{"alerts": n, "notifications": n, "groups": n, "threads": n, "sms": n}."""
+
+    # -- SMS (issue 11). Each call is one transaction; labels and annotations are refused (StoreError) as in write().
+
+    def schedule_sms(self, messages: Sequence[SmsMessage], at: float) -> list[SmsMessage]:
+        """Add the messages, each with only its alerts not yet paged to its recipient for its kind: the pairs
+        (recipient, kind, alert id) are recorded at `at`, and a message left with no alert is not added. Returns the
+        messages added, as added (alerts trimmed). Atomic: two callers scheduling the same occurrence for the same
+        recipient at once add it once between them. A message id already stored (or twice in the call) is a
+        StoreError and nothing of the call is kept."""
+
+    def save_sms(self, messages: Sequence[SmsMessage]) -> None:
+        """Insert or replace each message by id (twilio_status and error_code as given, unless a status recorded
+        for its sid by record_sms_status ranks higher)."""
+
+    def due_sms(self, now: float, *, limit: int = 100) -> list[SmsMessage]:
+        """Open messages (OPEN_SMS_STATES) whose next_attempt_at <= now, earliest next_attempt_at first (then id)."""
+
+    def open_sms(self, *, recipient: str | None = None) -> list[SmsMessage]:
+        """Every open message (of the recipient when given), earliest next_attempt_at first (then id)."""
+
+    def sms(self, sms_id: str) -> SmsMessage | None: ...
+
+    def sms_by_sid(self, sid: str) -> SmsMessage | None: ...
+
+    def sms_for_alert(self, alert_id: str) -> list[SmsMessage]:
+        """Every message naming the occurrence, oldest created first (then id)."""
+
+    def recent_sms(self, *, limit: int = 100) -> list[SmsMessage]:
+        """Newest updated first (then id, descending)."""
+
+    def sms_sent_times(self, since: float, *, recipient: str | None = None) -> list[float]:
+        """sent_at of the messages SMS_SENT at or after `since` (of the recipient when given), ascending."""
+
+    def record_sms_status(self, sid: str, status: str, error_code: int | None, at: float) -> SmsMessage | None:
+        """Twilio's status for a message (a status callback): kept unless the one held ranks higher in
+        TWILIO_STATUS_RANK (equal ranks: the later `at` wins); error_code with it. A status for a sid no message
+        has yet is kept too, and applied when save_sms stores that sid (a callback can beat the send's answer).
+        Applying it sets the message's updated_at to max(updated_at, at); a status missing from TWILIO_STATUS_RANK
+        ranks below all; an empty sid records nothing. Returns the message as it now is, or None when no message
+        has that sid."""
+
+    def mark_resolved(self, alert_ids: Sequence[str], at: float) -> None:
+        """Remember that these occurrences were seen resolved (first time kept)."""
+
+    def resolved_among(self, alert_ids: Sequence[str]) -> set[str]:
+        """Those of the occurrences seen resolved."""
+
+    def set_opt_out(self, recipient: str, at: float | None) -> None:
+        """The recipient replied STOP at `at` (a later STOP replaces the time; None: lift it)."""
+
+    def opt_outs(self) -> Mapping[str, float]:
+        """recipient → when it opted out."""
 
     def close(self) -> None: ...
 

@@ -1,4 +1,7 @@
-"""The sqlite:///<path> store: one file on one machine (standard library sqlite3, WAL mode, a connection per thread).
+"""The sqlite:///<path> store: one file on one machine (standard library sqlite3, WAL mode).
+
+The journal's writer (one thread) has its own connection, readers share a small pool, and the SMS writers (any thread:
+requests, the SMS worker, status callbacks) share one connection under a lock.
 
 The file must stay the one opened: a write checks that the path still names it (SQLite on Linux would otherwise go on
 writing to a deleted file's inode and lose everything at the next start) and raises StoreError when it was deleted or
@@ -9,24 +12,33 @@ annotations and destinations, stored as JSON, keep them exactly (escaped as \\ud
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import sqlite3
 import threading
 import weakref
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote
 
 from ..safetext import replace_lone_surrogates
 from . import (
-    MAX_DELIVERIES_PER_ALERT, AlertRecord, AlertSeen, Delivery, GroupMemory, NotificationRecord, StoreError,
-    ThreadMessage, WriteBatch,
+    MAX_DELIVERIES_PER_ALERT, OPEN_SMS_STATES, SMS_SENT, AlertRecord, AlertSeen, Delivery, GroupMemory,
+    NotificationRecord, SmsAlert, SmsMessage, StoreError, ThreadMessage, WriteBatch,
 )
+# The SMS rules that are not a query (Twilio's status ranks) are the memory store's, so both backends apply the same.
+from .memory import RecordedStatus, supersedes, twilio_rank, with_recorded_status
 
 SCHEMA_VERSION = 1  # PRAGMA user_version
 # How long a write waits for another process's lock (gunicorn workers share the file) before StoreError: the journal
 # is never on an alert's critical path, so its writer gives up quickly rather than hang.
 BUSY_TIMEOUT_SECONDS = 1.0
+# An SMS write decides what is sent (a schedule that fails is a page lost): it waits longer for the journal's writer,
+# or another process's, to finish its transaction.
+SMS_BUSY_TIMEOUT_SECONDS = 5.0
+# Every connection that writes: WAL with synchronous=NORMAL is crash-durable (a power cut may lose the last commits).
+_WRITER_PRAGMAS = ("PRAGMA synchronous = NORMAL",)
 # Read connections shared by all request threads, each with a small page cache (SQLite's default is 2 MiB).
 MAX_READERS = 4
 READER_CACHE_KIB = 1024
@@ -68,6 +80,36 @@ _SCHEMA = (
         hook_key TEXT NOT NULL, alert_id TEXT NOT NULL, message_id TEXT NOT NULL, at REAL NOT NULL,
         PRIMARY KEY (hook_key, alert_id))""",
     "CREATE INDEX IF NOT EXISTS threads_at ON threads (at)",
+    # SMS (issue 11). A state file from before it gains these tables when opened: nothing else changes, so the
+    # schema version stays 1 and the previous release can still open the file (it ignores them).
+    """CREATE TABLE IF NOT EXISTS sms (
+        id TEXT PRIMARY KEY, destination TEXT NOT NULL, recipient TEXT NOT NULL, kind TEXT NOT NULL,
+        alerts TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, due_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL, updated_at REAL NOT NULL, tier INTEGER NOT NULL, attempts INTEGER NOT NULL,
+        check_silences INTEGER NOT NULL, alertmanager_url TEXT NOT NULL, body TEXT NOT NULL,
+        segments INTEGER NOT NULL, sid TEXT NOT NULL, twilio_status TEXT NOT NULL, error_code INTEGER,
+        reason TEXT NOT NULL, sent_at REAL, digest_id TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS sms_due ON sms (status, next_attempt_at, id)",  # due_sms, open_sms
+    "CREATE INDEX IF NOT EXISTS sms_sid ON sms (sid)",
+    "CREATE INDEX IF NOT EXISTS sms_updated_id ON sms (updated_at DESC, id DESC)",  # recent_sms, prune
+    "CREATE INDEX IF NOT EXISTS sms_sent ON sms (status, sent_at)",  # sms_sent_times: the hourly and daily caps
+    # Which occurrences each message names (sms_for_alert), kept with the message.
+    """CREATE TABLE IF NOT EXISTS sms_alerts (
+        alert_id TEXT NOT NULL, sms_id TEXT NOT NULL, PRIMARY KEY (alert_id, sms_id)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS sms_alerts_sms_id ON sms_alerts (sms_id)",
+    # The occurrences paged to each recipient per kind: the key is what makes schedule_sms add a pair once.
+    """CREATE TABLE IF NOT EXISTS sms_paged (
+        recipient TEXT NOT NULL, kind TEXT NOT NULL, alert_id TEXT NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (recipient, kind, alert_id)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS sms_paged_at ON sms_paged (at)",
+    "CREATE TABLE IF NOT EXISTS sms_resolved (alert_id TEXT PRIMARY KEY, at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sms_resolved_at ON sms_resolved (at)",
+    # Twilio's latest status callback per sid, whether or not a message has the sid yet (a callback can beat the
+    # send's answer); its time decides between statuses of the same rank.
+    """CREATE TABLE IF NOT EXISTS sms_statuses (
+        sid TEXT PRIMARY KEY, status TEXT NOT NULL, error_code INTEGER, at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS sms_statuses_at ON sms_statuses (at)",
+    "CREATE TABLE IF NOT EXISTS sms_opt_outs (recipient TEXT PRIMARY KEY, at REAL NOT NULL)",
 )
 
 # An AlertSeen received at or after the record's last_received sets these; an older copy changes none of them.
@@ -89,6 +131,11 @@ _ALERT_COLUMNS = ("id, fingerprint, alertname, status, severity, integration, la
                   "first_received, last_received, resolved_at, updated_at")
 _NOTIFICATION_COLUMNS = ("id, request_id, integration, group_key, receiver, firing, resolved, status_code, ms, "
                          "received, destinations")
+_SMS_COLUMNS = tuple(field.name for field in dataclasses.fields(SmsMessage))  # the table's columns, in its order
+_SMS_ALERT_FIELDS = tuple(field.name for field in dataclasses.fields(SmsAlert))  # an alerts column item's keys
+_SMS_SELECT = f"SELECT {', '.join(f'sms.{column}' for column in _SMS_COLUMNS)} FROM sms"
+_SMS_INSERT = f"INTO sms ({', '.join(_SMS_COLUMNS)}) VALUES ({', '.join(f':{column}' for column in _SMS_COLUMNS)})"
+_OPEN_SMS = "sms.status IN ({})".format(", ".join(f"'{state}'" for state in OPEN_SMS_STATES))
 
 
 def _text(value):
@@ -96,13 +143,14 @@ def _text(value):
     return replace_lone_surrogates(value) if isinstance(value, str) else value
 
 
-def _json(mapping: Mapping) -> str:
+def _json(value: Mapping | list) -> str:
     """Readable JSON, or ASCII-escaped JSON when the text holds lone surrogates (kept exactly either way)."""
-    text = json.dumps(dict(mapping), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    value = dict(value) if isinstance(value, Mapping) else value
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(dict(mapping), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     return text
 
 
@@ -133,6 +181,11 @@ class SQLiteStore:
         self._readers: list[_Connection] = []  # idle pooled read connections
         self._readers_lock = threading.Lock()
         self._reader_slots = threading.BoundedSemaphore(MAX_READERS)
+        self._writer: _Connection | None = None  # the SMS writers' shared connection, opened at first use
+        self._writer_lock = threading.Lock()
+        # A thread of the parent may hold the lock when another forks: the child (which has no such thread) would
+        # wait for it forever.
+        os.register_at_fork(after_in_child=functools.partial(_renew_writer_lock, weakref.ref(self)))
         self._closed = False
         with self._errors():
             connection = self._open(create=True)
@@ -149,18 +202,20 @@ class SQLiteStore:
 
     def _open(self, *, create: bool) -> _Connection:
         """This thread's new connection; only the constructor may create the file (mode=rwc)."""
-        connection = self._connect(create=create, pragmas=("PRAGMA synchronous = NORMAL",))  # WAL: crash-durable
+        connection = self._connect(create=create, pragmas=_WRITER_PRAGMAS)
         self._local.connection = connection
         return connection
 
-    def _connect(self, *, create: bool = False, shared: bool = False, pragmas: tuple[str, ...] = ()) -> _Connection:
-        """A new connection with the busy timeout and the pragmas given, known to close(); shared: usable from any
-        thread (the pooled readers, one thread at a time)."""
+    def _connect(self, *, create: bool = False, shared: bool = False, pragmas: tuple[str, ...] = (),
+                 busy_timeout: float | None = None) -> _Connection:
+        """A new connection with the busy timeout (default BUSY_TIMEOUT_SECONDS) and the pragmas given, known to
+        close(); shared: usable from any thread (the pooled readers and the SMS writer, one thread at a time)."""
+        busy_timeout = BUSY_TIMEOUT_SECONDS if busy_timeout is None else busy_timeout
         uri = f"file:{quote(self.path)}?mode={'rwc' if create else 'rw'}"
-        connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+        connection = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
                                      factory=_Connection, check_same_thread=not shared)
         try:
-            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             for pragma in pragmas:
                 connection.execute(pragma)
         except BaseException:
@@ -226,17 +281,63 @@ class SQLiteStore:
             raise StoreError(f"{self.description}: {_cause(error)}") from error
 
     @contextlib.contextmanager
+    def _storable(self) -> Iterator[None]:
+        """A value JSON or SQLite cannot hold (a label that is no string, NaN) is a StoreError too."""
+        try:
+            yield
+        except (TypeError, ValueError) as error:
+            raise StoreError(f"{self.description}: a record cannot be stored: {error}") from error
+
+    @contextlib.contextmanager
+    def _immediate(self, connection: _Connection) -> Iterator[_Connection]:
+        """A write transaction on the connection (BEGIN IMMEDIATE: the lock is taken before any read, so what the
+        transaction reads stays true until it commits); rolled back unless the block completes."""
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+            connection.execute("COMMIT")
+        finally:
+            self._rollback(connection)
+
+    @contextlib.contextmanager
     def _transaction(self) -> Iterator[_Connection]:
-        """A write transaction on this thread's connection (BEGIN IMMEDIATE: the lock is taken before any read)."""
+        """A write transaction on this thread's connection (the journal's writer)."""
         with self._errors():
             connection = self._connection()
             self._check_identity()
-            connection.execute("BEGIN IMMEDIATE")
-            try:
+            with self._immediate(connection):
                 yield connection
-                connection.execute("COMMIT")
-            finally:
-                self._rollback(connection)
+
+    @contextlib.contextmanager
+    def _sms_transaction(self) -> Iterator[_Connection]:
+        """A write transaction on the connection the SMS writers share.
+
+        They write from any thread, and a connection per request thread would keep ~200 open (with their file
+        descriptors and caches) in a gunicorn worker. The lock orders this process's writers without SQLite's
+        sleep-and-retry; the busy timeout waits for other processes and for the journal's writer."""
+        if not self._writer_lock.acquire(timeout=SMS_BUSY_TIMEOUT_SECONDS):
+            raise StoreError(f"{self.description}: another thread's SMS write took too long")
+        try:
+            with self._storable(), self._errors():
+                connection = self._shared_writer()
+                self._check_identity()
+                with self._immediate(connection):
+                    yield connection
+        finally:
+            self._writer_lock.release()
+
+    def _shared_writer(self) -> _Connection:
+        """The SMS writers' connection (the caller holds the writer lock); a new one after a fork."""
+        if self._closed:
+            raise StoreError(f"{self.description}: the store is closed")
+        writer = self._writer
+        if writer is not None and writer.pid == os.getpid():
+            return writer
+        if writer is not None:
+            self._inherited.append(writer)  # SQLite connections must not cross a fork: leave it be
+        self._check_identity()
+        self._writer = self._connect(shared=True, pragmas=_WRITER_PRAGMAS, busy_timeout=SMS_BUSY_TIMEOUT_SECONDS)
+        return self._writer
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[_Connection]:
@@ -280,11 +381,8 @@ class SQLiteStore:
             connection.close()
 
     def write(self, batch: WriteBatch) -> None:
-        try:
-            with self._transaction() as connection:
-                self._write(connection, batch)
-        except (TypeError, ValueError) as error:  # a value JSON or SQLite cannot hold; rolled back
-            raise StoreError(f"{self.description}: a record cannot be stored: {error}") from error
+        with self._storable(), self._transaction() as connection:
+            self._write(connection, batch)
 
     @staticmethod
     def _write(connection: _Connection, batch: WriteBatch) -> None:
@@ -420,12 +518,141 @@ class SQLiteStore:
             if connection.execute("SELECT count(*) FROM threads").fetchone()[0] > keep:
                 connection.execute("DELETE FROM threads WHERE rowid IN (SELECT rowid FROM threads"
                                    " ORDER BY at DESC LIMIT -1 OFFSET ?)", (keep,))
+            self._prune_sms(connection, updated_before, keep)
         return gone
+
+    @staticmethod
+    def _prune_sms(connection: _Connection, updated_before: float, keep: int) -> None:
+        final = f"SELECT id FROM sms WHERE NOT {_OPEN_SMS}"  # open messages are still to be sent: never pruned
+        _delete_sms(connection, f"{final} AND updated_at < ?", (updated_before,))
+        if connection.execute(f"SELECT count(*) FROM ({final})").fetchone()[0] > keep:  # as for alerts: only past it
+            _delete_sms(connection, f"{final} ORDER BY updated_at DESC, id DESC LIMIT -1 OFFSET ?", (keep,))
+        for table in ("sms_paged", "sms_resolved"):
+            connection.execute(f"DELETE FROM {table} WHERE at < ?", (updated_before,))
+        connection.execute("DELETE FROM sms_statuses WHERE at < ? AND sid NOT IN (SELECT sid FROM sms)",
+                           (updated_before,))
 
     def counts(self) -> Mapping[str, int]:
         with self._snapshot() as connection:
             return {table: connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                    for table in ("alerts", "notifications", "groups", "threads")}
+                    for table in ("alerts", "notifications", "groups", "threads", "sms")}
+
+    # -- SMS
+
+    def schedule_sms(self, messages: Sequence[SmsMessage], at: float) -> list[SmsMessage]:
+        added = []
+        with self._sms_transaction() as connection:
+            for message in messages:
+                # The pair's key does the de-duplication: one insert wins, in this call or among concurrent ones.
+                fresh = tuple(alert for alert in message.alerts if connection.execute(
+                    "INSERT OR IGNORE INTO sms_paged (recipient, kind, alert_id, at) VALUES (?, ?, ?, ?)",
+                    (_text(message.recipient), _text(message.kind), _text(alert.id), at)).rowcount)
+                if fresh:  # a plain INSERT: a message id already stored is an error, not a replacement
+                    added.append(self._put_sms(connection, dataclasses.replace(message, alerts=fresh), "INSERT"))
+        return added
+
+    def save_sms(self, messages: Sequence[SmsMessage]) -> None:
+        with self._sms_transaction() as connection:
+            for message in messages:
+                self._put_sms(connection, message, "INSERT OR REPLACE")
+
+    def _put_sms(self, connection: _Connection, message: SmsMessage, verb: str) -> SmsMessage:
+        """Store the message (with the recorded status when it ranks higher) and the occurrences it names."""
+        stored = with_recorded_status(message, self._recorded_status(connection, message.sid))
+        connection.execute(f"{verb} {_SMS_INSERT}", _sms_parameters(stored))
+        connection.execute("DELETE FROM sms_alerts WHERE sms_id = ?", (_text(stored.id),))
+        connection.executemany("INSERT OR IGNORE INTO sms_alerts (alert_id, sms_id) VALUES (?, ?)",
+                               ((_text(alert.id), _text(stored.id)) for alert in stored.alerts))
+        return stored
+
+    @staticmethod
+    def _recorded_status(connection: _Connection, sid: str) -> RecordedStatus | None:
+        if not sid:
+            return None  # no sid yet: "" is not Twilio's
+        row = connection.execute("SELECT status, error_code, at FROM sms_statuses WHERE sid = ?",
+                                 (_text(sid),)).fetchone()
+        return None if row is None else RecordedStatus(*row)
+
+    def _read_sms(self, where: str, parameters: Iterable = ()) -> list[SmsMessage]:
+        with self._snapshot() as connection:
+            return _selected_sms(connection, where, parameters)
+
+    def due_sms(self, now: float, *, limit: int = 100) -> list[SmsMessage]:
+        if limit <= 0:
+            return []
+        return self._read_sms(f"WHERE {_OPEN_SMS} AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+                              (now, limit))
+
+    def open_sms(self, *, recipient: str | None = None) -> list[SmsMessage]:
+        if recipient is None:
+            return self._read_sms(f"WHERE {_OPEN_SMS} ORDER BY next_attempt_at, id")
+        return self._read_sms(f"WHERE {_OPEN_SMS} AND recipient = ? ORDER BY next_attempt_at, id",
+                              (_text(recipient),))
+
+    def sms(self, sms_id: str) -> SmsMessage | None:
+        found = self._read_sms("WHERE id = ?", (_text(sms_id),))
+        return found[0] if found else None
+
+    def sms_by_sid(self, sid: str) -> SmsMessage | None:
+        with self._snapshot() as connection:
+            return _first_with_sid(connection, sid)
+
+    def sms_for_alert(self, alert_id: str) -> list[SmsMessage]:
+        return self._read_sms("JOIN sms_alerts ON sms_alerts.sms_id = sms.id WHERE sms_alerts.alert_id = ?"
+                              " ORDER BY sms.created_at, sms.id", (_text(alert_id),))
+
+    def recent_sms(self, *, limit: int = 100) -> list[SmsMessage]:
+        if limit <= 0:
+            return []
+        return self._read_sms("ORDER BY updated_at DESC, id DESC LIMIT ?", (limit,))
+
+    def sms_sent_times(self, since: float, *, recipient: str | None = None) -> list[float]:
+        where, parameters = "status = ? AND sent_at >= ?", [SMS_SENT, since]
+        if recipient is not None:
+            where, parameters = f"{where} AND recipient = ?", [*parameters, _text(recipient)]
+        with self._snapshot() as connection:
+            return [row[0] for row in connection.execute(
+                f"SELECT sent_at FROM sms WHERE {where} ORDER BY sent_at", parameters)]
+
+    def record_sms_status(self, sid: str, status: str, error_code: int | None, at: float) -> SmsMessage | None:
+        with self._sms_transaction() as connection:
+            if sid and supersedes(status, at, self._recorded_status(connection, sid)):
+                connection.execute("INSERT OR REPLACE INTO sms_statuses (sid, status, error_code, at)"
+                                   " VALUES (?, ?, ?, ?)", (_text(sid), _text(status), error_code, at))
+                for sms_id, held in connection.execute("SELECT id, twilio_status FROM sms WHERE sid = ?",
+                                                       (_text(sid),)).fetchall():
+                    if twilio_rank(status) >= twilio_rank(held):  # never moves a message back
+                        connection.execute(
+                            "UPDATE sms SET twilio_status = ?, error_code = ?, updated_at = max(updated_at, ?)"
+                            " WHERE id = ?", (_text(status), error_code, at, sms_id))
+            return _first_with_sid(connection, sid)
+
+    def mark_resolved(self, alert_ids: Sequence[str], at: float) -> None:
+        with self._sms_transaction() as connection:  # the first time is kept
+            connection.executemany("INSERT OR IGNORE INTO sms_resolved (alert_id, at) VALUES (?, ?)",
+                                   ((_text(alert_id), at) for alert_id in alert_ids))
+
+    def resolved_among(self, alert_ids: Sequence[str]) -> set[str]:
+        ids = list(dict.fromkeys(_text(alert_id) for alert_id in alert_ids))
+        found: set[str] = set()
+        with self._snapshot() as connection:
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                chunk = ids[start:start + _IDS_PER_QUERY]
+                found.update(row[0] for row in connection.execute(
+                    f"SELECT alert_id FROM sms_resolved WHERE alert_id IN ({', '.join('?' * len(chunk))})", chunk))
+        return found
+
+    def set_opt_out(self, recipient: str, at: float | None) -> None:
+        with self._sms_transaction() as connection:
+            if at is None:
+                connection.execute("DELETE FROM sms_opt_outs WHERE recipient = ?", (_text(recipient),))
+            else:  # a later STOP (a retry refused again) replaces the earlier: the wait starts anew from it
+                connection.execute("INSERT OR REPLACE INTO sms_opt_outs (recipient, at) VALUES (?, ?)",
+                                   (_text(recipient), at))
+
+    def opt_outs(self) -> Mapping[str, float]:
+        with self._snapshot() as connection:
+            return dict(connection.execute("SELECT recipient, at FROM sms_opt_outs").fetchall())
 
     def close(self) -> None:
         """Close this thread's connection and those it may; the others close at their thread's next use or end."""
@@ -436,6 +663,7 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):  # ProgrammingError: another thread's
                 connection.close()
         self._local.connection = None
+        self._writer = None
 
 
 def _alert_parameters(seen: AlertSeen) -> dict:
@@ -445,3 +673,49 @@ def _alert_parameters(seen: AlertSeen) -> dict:
         "labels": _json(seen.labels), "annotations": _json(seen.annotations), "starts_at": _text(seen.starts_at),
         "ends_at": _text(seen.ends_at), "received": seen.received_at,
     }
+
+
+def _sms_parameters(message: SmsMessage) -> dict:
+    parameters = {column: _text(getattr(message, column)) for column in _SMS_COLUMNS}
+    parameters["alerts"] = _json([{name: _plain(getattr(alert, name)) for name in _SMS_ALERT_FIELDS}
+                                  for alert in message.alerts])
+    return parameters
+
+
+def _plain(value):
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _sms_alert(item: dict) -> SmsAlert:
+    """An alerts column item; a key this release does not know (written by a later one) is left out."""
+    return SmsAlert(**{name: value for name, value in item.items() if name in _SMS_ALERT_FIELDS})
+
+
+def _selected_sms(connection: _Connection, where: str, parameters: Iterable = ()) -> list[SmsMessage]:
+    """The messages the clause (joins, WHERE, ORDER BY, LIMIT after FROM sms) selects."""
+    messages = []
+    for row in connection.execute(f"{_SMS_SELECT} {where}", tuple(parameters)):
+        values = dict(zip(_SMS_COLUMNS, row))
+        values["alerts"] = tuple(_sms_alert(item) for item in json.loads(values["alerts"]))
+        values["check_silences"] = bool(values["check_silences"])
+        messages.append(SmsMessage(**values))
+    return messages
+
+
+def _delete_sms(connection: _Connection, ids: str, parameters: tuple) -> None:
+    """Forget the messages the query's ids name, with the occurrences they name."""
+    connection.execute(f"DELETE FROM sms_alerts WHERE sms_id IN ({ids})", parameters)
+    connection.execute(f"DELETE FROM sms WHERE id IN ({ids})", parameters)
+
+
+def _first_with_sid(connection: _Connection, sid: str) -> SmsMessage | None:
+    """The oldest message with the sid (a sid is Twilio's, so one at most; "" is no sid)."""
+    found = _selected_sms(connection, "WHERE sid = ? ORDER BY created_at, id LIMIT 1", (_text(sid),)) if sid else []
+    return found[0] if found else None
+
+
+def _renew_writer_lock(store_ref: weakref.ref) -> None:
+    """In a forked child: the SMS writer lock anew (a thread of the parent that held it is not in the child)."""
+    store = store_ref()
+    if store is not None:
+        store._writer_lock = threading.Lock()
