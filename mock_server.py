@@ -1,4 +1,8 @@
-"""A mock Rocket.Chat incoming-webhook server for tests and demos (spec: rocketchat-contract.md)."""
+"""A mock Rocket.Chat incoming-webhook server for tests and demos (spec: rocketchat-contract.md).
+
+It also plays Twilio's Messages API on the same port (mock_twilio.py, spec: twilio-facts.md), so one mock serves
+both destinations of the relay.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import mock_twilio
+from mock_twilio import (DEFAULT_STATUS_DELAY_SECONDS, DEFAULT_TWILIO_ACCOUNT_SID, DEFAULT_TWILIO_AUTH_TOKEN,
+                         MockTwilio)
 
 DEFAULT_HOOK_NAMES = ("critical", "warning", "info")
 # Rocket.Chat's API_Enable_Rate_Limiter_Limit_Calls_Default (10) and ..._Time_Default (60000 ms).
@@ -219,7 +227,12 @@ class MockRocketChat:
     def __init__(self, hooks: dict[str, tuple[str, str]] | None = None, *, host="127.0.0.1", port=0,
                  rate_limit_count: int = DEFAULT_RATE_LIMIT_COUNT,
                  rate_limit_window_seconds: float = DEFAULT_RATE_LIMIT_WINDOW_SECONDS,
-                 legacy_404: bool = False, old_server: bool = False, quiet: bool = True, clock=time.time):
+                 legacy_404: bool = False, old_server: bool = False, quiet: bool = True, clock=time.time,
+                 twilio_account_sid: str = DEFAULT_TWILIO_ACCOUNT_SID,
+                 twilio_auth_token: str = DEFAULT_TWILIO_AUTH_TOKEN,
+                 twilio_api_keys: dict[str, str] | None = None, twilio_opted_out=(),
+                 twilio_delivery_failures: dict | None = None,
+                 twilio_status_delay_seconds: float = DEFAULT_STATUS_DELAY_SECONDS):
         hooks = default_hooks() if hooks is None else hooks
         ids = [integration_id for integration_id, _ in hooks.values()]
         if not hooks or len(set(ids)) != len(ids):
@@ -238,6 +251,11 @@ class MockRocketChat:
         self._windows: dict[tuple[str, str], list[float]] = {}  # (hook, client ip) -> [start, count]
         self._unknown_hook_requests = 0
         self.set_rate_limit(rate_limit_count, rate_limit_window_seconds)
+        # Twilio's Messages API, served under /2010-04-01/ on the same port.
+        self.twilio = MockTwilio(account_sid=twilio_account_sid, auth_token=twilio_auth_token,
+                                 api_keys=twilio_api_keys, opted_out=twilio_opted_out,
+                                 delivery_failures=twilio_delivery_failures,
+                                 status_delay_seconds=twilio_status_delay_seconds, quiet=quiet, clock=clock)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -256,7 +274,8 @@ class MockRocketChat:
         return self
 
     def stop(self) -> None:
-        """Stop serving, close the socket and join the server thread."""
+        """Stop serving, close the socket and join the server thread; pending SMS status callbacks are dropped."""
+        self.twilio.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -275,6 +294,16 @@ class MockRocketChat:
         if self._server is None:
             raise RuntimeError("MockRocketChat is not started")
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def twilio_api_url(self) -> str:
+        """What TWILIO_API_URL should be for the relay: `http://host:port` (the API's paths start /2010-04-01/)."""
+        return self.base_url
+
+    @property
+    def twilio_messages_url(self) -> str:
+        """The account's Messages.json URL."""
+        return f"{self.base_url}/{mock_twilio.API_VERSION}/Accounts/{self.twilio.account_sid}/Messages.json"
 
     def hook_url(self, name: str) -> str:
         """The full incoming-webhook URL of a hook, token included."""
@@ -362,7 +391,9 @@ class MockRocketChat:
                 state.records.clear()
 
     def reset(self) -> None:
-        """Forget records, counters, limiter windows, faults and disabled flags; old_server as at start (off)."""
+        """Forget records, counters, limiter windows, faults and disabled flags; old_server as at start (off); the
+        mock Twilio's reset too."""
+        self.twilio.reset()
         with self._lock:
             for state in self._hooks.values():
                 state.reset()
@@ -471,7 +502,8 @@ class MockRocketChat:
     def handle_page_request(self) -> Response:
         """GET /: an HTML page of every hook's messages, newest first (no hook URL or token on it)."""
         with self._lock:
-            page, csp = render_page({name: list(state.records) for name, state in self._hooks.items()})
+            page, csp = render_page({name: list(state.records) for name, state in self._hooks.items()},
+                                    self.twilio.page_records())
         return Response(200, page.encode(), "text/html; charset=utf-8", {
             "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
             "Referrer-Policy": "no-referrer"})
@@ -500,7 +532,7 @@ class MockRocketChat:
         def all_stats(params):
             with self._lock:
                 return {"hooks": {name: state.stats() for name, state in self._hooks.items()},
-                        "unknown_hook_requests": self._unknown_hook_requests}
+                        "unknown_hook_requests": self._unknown_hook_requests, "twilio": self.twilio.stats()}
 
         def set_fault(params, name):
             self._state(name)  # 404 before 400 for an unknown hook
@@ -535,6 +567,11 @@ class MockRocketChat:
             ("POST", r"/_mock/old-server", set_old_server),
             ("POST", r"/_mock/rate-limit", lambda params: self.set_rate_limit(
                 params.get("limit"), params.get("window_seconds", self.rate_limit_window_seconds)) or ok),
+            # Where the mock Twilio is and which account it serves (never the token).
+            ("GET", r"/_mock/twilio", lambda params: {
+                "api_url": self.twilio_api_url, "messages_url": self.twilio_messages_url,
+                "account_sid": self.twilio.account_sid, "api_key_sids": sorted(self.twilio.api_keys)}),
+            *self.twilio.control_routes(),
         ]
 
 
@@ -775,8 +812,9 @@ def render_channel(records: list[dict], color_classes: dict[str, str]) -> str:
     return "".join(parts)
 
 
-def render_page(channels: dict[str, list[dict]]) -> tuple[str, str]:
-    """The page of every hook's messages, newest first; returns (HTML, the CSP that allows its one <style>)."""
+def render_page(channels: dict[str, list[dict]], sms: list[dict] = ()) -> tuple[str, str]:
+    """The page of every hook's messages and of the SMS each number received, newest first; returns (HTML, the CSP
+    that allows its one <style>)."""
     color_classes: dict[str, str] = {}  # CSS colour -> class name, filled while drawing the messages
     sections = []
     for name, records in channels.items():
@@ -785,8 +823,9 @@ def render_page(channels: dict[str, list[dict]]) -> tuple[str, str]:
         messages = messages or '<p class="empty">No messages yet.</p>'
         sections.append(f'<section class="channel" id="channel-{html.escape(name)}"><h2>#{html.escape(name)} '
                         f"<small>{count}</small></h2>{messages}</section>")
+    sections.append(mock_twilio.render_sms_section(list(sms)))
     bars = "".join(f".{class_name} {{ border-left-color: {color}; }}\n" for color, class_name in color_classes.items())
-    css = PAGE_CSS + bars
+    css = PAGE_CSS + mock_twilio.SMS_PAGE_CSS + bars
     digest = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
     csp = (f"default-src 'none'; style-src 'sha256-{digest}'; img-src 'none'; base-uri 'none'; "
            "form-action 'none'; frame-ancestors 'none'")
@@ -796,7 +835,8 @@ def render_page(channels: dict[str, list[dict]]) -> tuple[str, str]:
         f'<meta http-equiv="refresh" content="{PAGE_REFRESH_SECONDS}">'
         f"<title>Mock Rocket.Chat</title><style>{css}</style></head><body>"
         f"<header><h1>Mock Rocket.Chat</h1><p>Messages posted to each hook, newest first, thread replies under "
-        f"their parent; this page reloads every {PAGE_REFRESH_SECONDS} s.</p></header>"
+        f"their parent, then the SMS each number received through the mock Twilio; this page reloads every "
+        f"{PAGE_REFRESH_SECONDS} s.</p></header>"
         f"<main>{''.join(sections)}</main></body></html>\n"
     )
     return page, csp
@@ -836,6 +876,12 @@ class _MockRequestHandler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         if path.startswith("/_mock/"):
             response = mock.handle_control_request(self.command, path, body)
+        elif path.startswith(mock_twilio.API_PATH_PREFIX):
+            response = mock.twilio.handle_request(self.command, path, self.headers.get("Authorization", ""),
+                                                  self.headers.get("Content-Type", ""), body)
+            if response.drop:  # handled, then the answer lost in transit: close without a status line
+                self.close_connection = True
+                return
         elif HOOK_PATH.fullmatch(path) and self.command in ("GET", "POST"):
             response = mock.handle_hook_request(self.command, path, self.headers.get("Content-Type", ""),
                                                 body, self.client_address[0])
@@ -893,6 +939,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--old-server", action="store_true",
                         help="ignore separateResponse like Rocket.Chat before mid-2025 (answers carry no message id)")
     parser.add_argument("--quiet", action="store_true", help="do not print posted messages or requests")
+    mock_twilio.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -904,7 +951,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     mock = MockRocketChat(dict(args.hooks) if args.hooks else None, host=args.host, port=args.port,
                           rate_limit_count=args.rate_limit[0], rate_limit_window_seconds=args.rate_limit[1],
-                          legacy_404=args.legacy_404, old_server=args.old_server, quiet=args.quiet)
+                          legacy_404=args.legacy_404, old_server=args.old_server, quiet=args.quiet,
+                          twilio_account_sid=args.twilio_account_sid, twilio_auth_token=args.twilio_auth_token,
+                          twilio_api_keys=dict(args.twilio_api_keys), twilio_opted_out=args.twilio_opted_out,
+                          twilio_delivery_failures=dict(args.twilio_delivery_failures),
+                          twilio_status_delay_seconds=args.twilio_status_delay_seconds)
     # A plain flag, polled: a signal handler that sets a threading.Event can deadlock on the Event's own lock when
     # it interrupts the main thread inside Event.wait() (Ctrl-C on `make run` sends SIGINT, then SIGTERM).
     stop_requested = []
@@ -916,6 +967,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mock_server: cannot listen on {args.host}:{args.port}: {error}")
     hooks = " ".join(f"{name}={mock.hook_url(name)}" for name in mock.hook_names)
     print(f"mock Rocket.Chat on {mock.base_url} hooks: {hooks}", flush=True)
+    # The token is not printed: it is the --twilio-auth-token given, or mock_twilio.DEFAULT_TWILIO_AUTH_TOKEN.
+    print(f"mock Twilio on TWILIO_API_URL={mock.twilio_api_url} TWILIO_ACCOUNT_SID={mock.twilio.account_sid}",
+          flush=True)
     while not stop_requested:
         time.sleep(STOP_POLL_SECONDS)
     mock.stop()
