@@ -32,6 +32,7 @@ from .status import StatusView
 from .web.access import StatusAccess, authorization_secrets
 from .web.api import api_blueprint
 from .web.status_page import status_page_blueprint
+from .web.twilio_status import twilio_status_blueprint
 
 logger = logging.getLogger("rcwebhook")
 
@@ -150,8 +151,11 @@ def create_app(
         if isinstance(channel.client, RocketChatClient):
             channel.client.redactor.add(secret)
 
-    relay = Relay(table, dispatcher, config, metrics, on_new_secret=add_secret, publish=events.publish)
+    escalation, sms_worker = _sms_escalation(config, store, metrics, lambda: relay.table.sms_destinations)
+    relay = Relay(table, dispatcher, config, metrics, on_new_secret=add_secret, publish=events.publish,
+                  escalation=escalation)
     app.extensions["rcwebhook.relay"] = relay
+    app.extensions["rcwebhook.sms_worker"] = sms_worker
     reloader = RouteReloader(relay, config, environ, metrics)
     app.extensions["rcwebhook.reloader"] = reloader
 
@@ -168,10 +172,16 @@ def create_app(
 
     access = StatusAccess(config.status_token, answer)
     status_view = StatusView(journal, dispatcher.pacing, lambda: (feed.clients_count, config.max_live_clients),
-                             stale_after_seconds=config.stale_after_seconds)
+                             stale_after_seconds=config.stale_after_seconds, sms_enabled=escalation is not None)
     app.register_blueprint(status_page_blueprint(status_view.snapshot, access.authorize))
     app.register_blueprint(api_blueprint(journal, access.authorize, answer))
     register_live_route(app, feed, access.authorize)
+    if escalation is not None:
+        app.register_blueprint(twilio_status_blueprint(
+            escalation, config.twilio.auth_token, config.sms_status_callback_url, answer,
+            on_forged=metrics.sms_status_callbacks.labels("forged").inc))
+        sms_worker.start()
+        _announce_sms(config, table)
 
     # The integration's default comes from the function, not the rule: a rule default would make Werkzeug redirect
     # POST /webhook/default to /webhook (308), which many clients do not follow.
@@ -267,10 +277,45 @@ def create_app(
     return app
 
 
+def _sms_escalation(config, store, metrics: Metrics, destinations):
+    """The SMS escalation and its worker when Twilio is configured, else (None, None)."""
+    if config.twilio is None:
+        return None, None
+    from .channels.twilio import TwilioClient
+    from .sms.escalation import Escalation
+    from .sms.silences import AlertmanagerSilences
+    from .sms.worker import SmsWorker
+
+    metrics.prime_sms()
+    holder: list[SmsWorker] = []
+    escalation = Escalation(
+        store, TwilioClient(config.twilio, redactor=Redactor(config.secrets)),
+        AlertmanagerSilences(config.alertmanager_token), metrics, destinations=destinations,
+        max_per_day=config.sms_max_per_day, status_callback_url=config.sms_status_callback_url,
+        alertmanager_url=config.alertmanager_url, on_scheduled=lambda: holder[0].wake() if holder else None,
+    )
+    holder.append(SmsWorker(escalation))
+    return escalation, holder[0]
+
+
+def _announce_sms(config, table) -> None:
+    where = config.twilio.messaging_service_sid or "TWILIO_FROM_NUMBER"
+    logger.info("SMS through Twilio at %s from %s; at most %d SMS per UTC day%s", config.twilio.api_url, where,
+                config.sms_max_per_day, "" if table.sms_destinations else " (no SMS destination: only "
+                "--send-test-sms uses it)")
+    if config.public_url and not config.twilio.auth_token:
+        logger.warning("PUBLIC_URL is set but TWILIO_AUTH_TOKEN is not: Twilio's status callbacks cannot be checked, "
+                       "so none is asked for")
+    elif not config.public_url:
+        logger.info("PUBLIC_URL unset: SMS are tracked until Twilio takes them, not until the phone has them")
+
+
 def shutdown(app: Flask, drain_seconds: float) -> None:
     """Close live clients first (they must not eat the drain's time), deliver what is queued within drain_seconds,
     then write the journal's last events and close the store."""
     app.extensions["rcwebhook.live"].close_all("the relay is shutting down")
     app.extensions["rcwebhook.dispatcher"].stop(drain_seconds=drain_seconds)
+    if app.extensions.get("rcwebhook.sms_worker") is not None:
+        app.extensions["rcwebhook.sms_worker"].stop()
     app.extensions["rcwebhook.events"].stop()
     app.extensions["rcwebhook.journal"].store.close()

@@ -1,4 +1,4 @@
-"""Command-line checks that need no network: --check-config and --render."""
+"""Command-line checks: --check-config, --render and --routes-test need no network; --send-test-sms calls Twilio."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     action.add_argument("--routes-test", action="store_true",
                         help="print the destinations an alert with the labels given (LABEL=VALUE ...) reaches, like "
                         "amtool config routes test; no network")
+    action.add_argument("--send-test-sms", metavar="NUMBER",
+                        help="send one test SMS to NUMBER (E.164) through Twilio with the configured credentials and "
+                        "print Twilio's answer (the number shown by its last three digits)")
     parser.add_argument("--integration", default=None,
                         help="the integration whose routes --render and --routes-test use (default: default)")
     parser.add_argument("labels", nargs="*", metavar="LABEL=VALUE", help="the alert's labels, for --routes-test")
@@ -101,7 +104,20 @@ def check_config() -> int:
     print(f"  delivery deadline: {config.delivery_deadline_seconds:g}s; max body: {config.max_body_bytes} bytes")
     print(f"  listen: {config.host}:{config.port}; log level {config.log_level}, format {config.log_format}")
     print(f"  {state}")
+    print(f"  {describe_sms(config, table)}")
     return 0
+
+
+def describe_sms(config, table) -> str:
+    """Whether SMS escalation is on, through which Twilio, with callbacks or not; never a number or a secret."""
+    if config.twilio is None:
+        return "SMS: off (no TWILIO_ACCOUNT_SID)"
+    sender = "a Messaging Service" if not config.twilio.from_number else "TWILIO_FROM_NUMBER"
+    callbacks = (f"status callbacks to {config.sms_status_callback_url}" if config.sms_status_callback_url else
+                 "no status callbacks (PUBLIC_URL and TWILIO_AUTH_TOKEN needed)")
+    where = f"{len(table.sms_destinations)} SMS destination(s)" if table.sms_destinations else "no SMS destination"
+    return (f"SMS: Twilio at {config.twilio.api_url} from {sender}; {where}; at most {config.sms_max_per_day} per "
+            f"UTC day; {callbacks}")
 
 
 def routes_test(label_texts: Sequence[str], integration_name: str) -> int:
@@ -143,8 +159,34 @@ def render(path: str, integration_name: str = DEFAULT_INTEGRATION) -> int:
     return 0
 
 
+def send_test_sms(number: str) -> int:
+    """One SMS now, outside the caps and the Store, so a user can check Twilio before an incident."""
+    from .channels.twilio import TwilioClient, masked_number
+    from .redact import Redactor
+    from .sms.destination import E164_PATTERN
+    from .sms.render import test_body
+
+    config, _table = load_environment_config()
+    if config.twilio is None:
+        raise ConfigError("Twilio is not configured: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN (or an API key) and "
+                          "TWILIO_FROM_NUMBER (or TWILIO_MESSAGING_SERVICE_SID)")
+    number = number.strip().replace(" ", "")
+    if not E164_PATTERN.match(number):
+        print(f"rocketchat-webhook: {masked_number(number)} is not an E.164 number such as +15551234567",
+              file=sys.stderr)
+        return INPUT_ERROR_EXIT_STATUS
+    client = TwilioClient(config.twilio, redactor=Redactor(config.secrets))
+    result = client.send(number, test_body(), status_callback=config.sms_status_callback_url)
+    answer = {"to": masked_number(number), "outcome": result.outcome.value, "http_status": result.http_status,
+              "code": result.code, "sid": result.sid, "status": result.twilio_status, "segments": result.segments,
+              "reason": result.reason}
+    print(json.dumps({key: value for key, value in answer.items() if value not in (None, "")}, ensure_ascii=False))
+    return 0 if result.outcome.value == "sent" else INPUT_ERROR_EXIT_STATUS
+
+
 def run_command(argv: Sequence[str] | None = None) -> int | None:
-    """Run --check-config or --render and return the exit status; None when the server should start."""
+    """Run --check-config, --render, --routes-test or --send-test-sms and return the exit status; None when the
+    server should start."""
     arguments = parse_arguments(argv)
     try:
         if arguments.check_config:
@@ -153,6 +195,8 @@ def run_command(argv: Sequence[str] | None = None) -> int | None:
             return render(arguments.render, arguments.integration)
         if arguments.routes_test:
             return routes_test(arguments.labels, arguments.integration)
+        if arguments.send_test_sms:
+            return send_test_sms(arguments.send_test_sms)
     except ConfigError as error:
         print(f"rocketchat-webhook: configuration error: {error}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_STATUS

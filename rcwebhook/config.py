@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:  # the channels package imports the delivery core, which imports this module
+    from .channels.twilio import TwilioCredentials
 
 from .model import SEVERITIES, UNKNOWN_SEVERITY
+from .sms.destination import (DEFAULT_MAX_PER_DAY, E164_PATTERN, SmsConfigError, SmsDestination,
+                              destination_from_environment)
 from .pacing import DEFAULT_RATE_LIMIT_TEXT, RateLimit, parse_rate_limit
 
 DEFAULT_HOST = "0.0.0.0"
@@ -106,6 +111,20 @@ class Config:
     status_token: str = field(default="", repr=False)
     max_live_clients: int = DEFAULT_MAX_LIVE_CLIENTS
     rocketchat_threads: bool = False  # ROCKETCHAT_THREADS: resolved alerts and reminders reply in threads
+    # SMS escalation (issue 11): Twilio's credentials, and the environment's SMS destination (without a routes file)
+    twilio: TwilioCredentials | None = field(default=None, repr=False)
+    sms_destination: SmsDestination | None = field(default=None, repr=False)
+    sms_max_per_day: int = DEFAULT_MAX_PER_DAY
+    public_url: str = ""  # PUBLIC_URL, without a trailing slash
+    alertmanager_url: str = ""
+    alertmanager_token: str = field(default="", repr=False)
+
+    @property
+    def sms_status_callback_url(self) -> str:
+        """Where Twilio reports deliveries: only when PUBLIC_URL is set and the auth token can check signatures."""
+        if not self.public_url or self.twilio is None or not self.twilio.auth_token:
+            return ""
+        return self.public_url + "/twilio/status"
 
     @property
     def destinations(self) -> tuple[Destination, ...]:
@@ -118,7 +137,8 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line, an answer or an error."""
-        values = [self.webhook_token, self.metrics_token, self.webhook_token_previous, self.status_token]
+        values = [self.webhook_token, self.metrics_token, self.webhook_token_previous, self.status_token,
+                  self.alertmanager_token, *(self.twilio.secrets if self.twilio else ())]
         for destination in self.destinations:
             values.extend(secret_parts_of_url(destination.url))
         return tuple(sorted({value for value in values if value}, key=len, reverse=True))
@@ -326,6 +346,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         ),
         **_state_settings(environ),
         rocketchat_threads=_boolean(environ, "ROCKETCHAT_THREADS"),
+        **_sms_settings(environ, routes_file),
     )
     if config.max_queued_bytes < config.max_body_bytes:
         raise ConfigError(
@@ -401,3 +422,81 @@ def _boolean(environ: Mapping[str, str], name: str) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false")
+
+
+TWILIO_SID_PATTERN = {"TWILIO_ACCOUNT_SID": r"AC[0-9a-fA-F]{32}", "TWILIO_API_KEY_SID": r"SK[0-9a-fA-F]{32}",
+                      "TWILIO_MESSAGING_SERVICE_SID": r"MG[0-9a-fA-F]{32}"}
+# Twilio also sends from alphanumeric sender ids (up to 11 letters, digits and spaces) where carriers allow them.
+ALPHANUMERIC_SENDER = r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}"
+
+
+def _http_url(environ: Mapping[str, str], name: str, value: str | None = None) -> str:
+    url = (environ.get(name, "") if value is None else value).strip().rstrip("/")
+    if not url:
+        return ""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 - urllib checks the port only when asked
+    except ValueError:
+        raise ConfigError(f"{name} is not a URL that can be read") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"{name} must be an http:// or https:// URL with a host")
+    return url
+
+
+def _twilio(environ: Mapping[str, str]) -> TwilioCredentials | None:
+    """Twilio's credentials, or None when none is set; a partial or malformed set is a ConfigError."""
+    import re
+
+    from .channels.twilio import TwilioCredentials
+
+    values = {name: _read_setting(environ, name) for name in (
+        "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY_SID", "TWILIO_API_KEY_SECRET")}
+    values["TWILIO_FROM_NUMBER"] = environ.get("TWILIO_FROM_NUMBER", "").strip()
+    values["TWILIO_MESSAGING_SERVICE_SID"] = environ.get("TWILIO_MESSAGING_SERVICE_SID", "").strip()
+    if not any(values.values()):
+        return None
+    for name, pattern in TWILIO_SID_PATTERN.items():
+        if values[name] and not re.fullmatch(pattern, values[name]):
+            raise ConfigError(f"{name} must be {pattern[:2]} followed by 32 hexadecimal digits (see Twilio's console)")
+    if not values["TWILIO_ACCOUNT_SID"]:
+        raise ConfigError("TWILIO_ACCOUNT_SID is not set: it is needed with any other TWILIO_ setting")
+    if bool(values["TWILIO_API_KEY_SID"]) != bool(values["TWILIO_API_KEY_SECRET"]):
+        raise ConfigError("TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET go together: set both or neither")
+    if not values["TWILIO_AUTH_TOKEN"] and not values["TWILIO_API_KEY_SID"]:
+        raise ConfigError("Twilio needs TWILIO_AUTH_TOKEN, or TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET")
+    sender = values["TWILIO_FROM_NUMBER"]
+    if sender and not (E164_PATTERN.match(sender) or re.fullmatch(ALPHANUMERIC_SENDER, sender)):
+        raise ConfigError("TWILIO_FROM_NUMBER must be a Twilio number in E.164 (+15017122661) or an alphanumeric "
+                          "sender id (value not shown)")
+    if not sender and not values["TWILIO_MESSAGING_SERVICE_SID"]:
+        raise ConfigError("Twilio needs TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID: where SMS come from")
+    api_url = _http_url(environ, "TWILIO_API_URL") or "https://api.twilio.com"
+    username, password = ((values["TWILIO_API_KEY_SID"], values["TWILIO_API_KEY_SECRET"])
+                          if values["TWILIO_API_KEY_SID"] else (values["TWILIO_ACCOUNT_SID"], values["TWILIO_AUTH_TOKEN"]))
+    return TwilioCredentials(
+        account_sid=values["TWILIO_ACCOUNT_SID"], username=username, password=password, from_number=sender,
+        messaging_service_sid=values["TWILIO_MESSAGING_SERVICE_SID"], api_url=api_url,
+        auth_token=values["TWILIO_AUTH_TOKEN"],
+    )
+
+
+def _sms_settings(environ: Mapping[str, str], routes_file: str) -> dict:
+    try:
+        # With a routes file its sms: destinations hold these; routes_file.py refuses SMS_* left in the environment.
+        destination = None if routes_file else destination_from_environment(
+            environ, lambda name: _read_setting(environ, name))
+    except SmsConfigError as error:
+        raise ConfigError(str(error)) from None
+    twilio = _twilio(environ)
+    if destination is not None and twilio is None:
+        raise ConfigError("SMS_RECIPIENTS is set but Twilio is not: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN (or an "
+                          "API key) and TWILIO_FROM_NUMBER (or TWILIO_MESSAGING_SERVICE_SID)")
+    return dict(
+        twilio=twilio,
+        sms_destination=destination,
+        sms_max_per_day=int(_number(environ, "SMS_MAX_PER_DAY", DEFAULT_MAX_PER_DAY, integer=True, minimum=1)),
+        public_url=_http_url(environ, "PUBLIC_URL"),
+        alertmanager_url=_http_url(environ, "ALERTMANAGER_URL"),
+        alertmanager_token=_read_setting(environ, "ALERTMANAGER_TOKEN"),
+    )

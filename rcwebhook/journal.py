@@ -18,8 +18,9 @@ from .events import AlertsReceived, NotificationAnswered, PostFinished
 from .fingerprint import alert_occurrence
 from .metrics import Metrics
 from .model import FIRING, RESOLVED, alert_name
-from .store import (AlertRecord, AlertSeen, Delivery, GroupMemory, NotificationRecord, Store, StoreError,
-                    WriteBatch, open_store)
+from .sms.destination import masked
+from .store import (OPEN_SMS_STATES, AlertRecord, AlertSeen, Delivery, GroupMemory, NotificationRecord, SmsMessage,
+                    Store, StoreError, WriteBatch, open_store)
 from .timefmt import normalised_timestamp
 
 logger = logging.getLogger("rcwebhook.journal")
@@ -133,6 +134,30 @@ def alert_document(record: AlertRecord, now: float, stale_after_seconds: float) 
              "status": delivery.status, "message_id": delivery.message_id}
             for delivery in record.deliveries
         ],
+    }
+
+
+def sms_document(message: SmsMessage) -> dict:
+    """One SMS as the API and the status page show it: the recipient by its last three digits only."""
+    return {
+        "id": message.id,
+        "destination": message.destination,
+        "recipient": masked(message.recipient),
+        "kind": message.kind,
+        "status": message.status,
+        "alerts": [{"id": alert.id, "alertname": alert.alertname} for alert in message.alerts],
+        "tier": message.tier,
+        "attempts": message.attempts,
+        "created": rfc3339(message.created_at),
+        "due": rfc3339(message.due_at),
+        "next_attempt": rfc3339(message.next_attempt_at) if message.status in OPEN_SMS_STATES else None,
+        "sent_at": rfc3339(message.sent_at),
+        "segments": message.segments,
+        "sid": message.sid,
+        "twilio_status": message.twilio_status,
+        "error_code": message.error_code,
+        "reason": message.reason,
+        "digest_id": message.digest_id,
     }
 
 
@@ -267,7 +292,23 @@ class Journal:
 
     def alert(self, alert_id: str) -> dict | None:
         record = self._read(lambda: self.store.alert(alert_id))
-        return None if record is None else alert_document(record, self.wall_clock(), self.config.stale_after_seconds)
+        if record is None:
+            return None
+        document = alert_document(record, self.wall_clock(), self.config.stale_after_seconds)
+        document["sms"] = [sms_document(message) for message in self._read(lambda: self.store.sms_for_alert(alert_id))]
+        return document
+
+    def sms(self, *, limit: int = API_DEFAULT_LIMIT) -> dict:
+        """The latest SMS, how many wait, and who opted out (masked), for GET /api/v1/sms and the status page."""
+        recent = self._read(lambda: self.store.recent_sms(limit=limit))
+        waiting = self._read(lambda: self.store.open_sms())
+        opt_outs = self._read(lambda: self.store.opt_outs())
+        return {
+            "sms": [sms_document(message) for message in recent],
+            "pending": len(waiting),
+            "opted_out": [{"recipient": masked(recipient), "since": rfc3339(at)}
+                          for recipient, at in sorted(opt_outs.items(), key=lambda item: item[1])],
+        }
 
     def notifications(self, *, limit: int = API_DEFAULT_LIMIT) -> list[dict]:
         return [notification_document(record) for record in self._read(lambda: self.store.notifications(limit=limit))]

@@ -11,6 +11,12 @@ from . import __version__
 PREFIX = "rocketchat_webhook"
 # Request latency buckets up to past the 8 s delivery deadline; a storm makes answers wait for the rate limit.
 REQUEST_DURATION_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 6, 8, 10, 15)
+# What came of an SMS (rocketchat_webhook_sms_total): sent; retried (20429, 5xx, no answer); cancelled (resolved,
+# silenced or inhibited before it went); held (over SMS_MAX_PER_HOUR); digested (went in a digest); opted_out
+# (21610, or skipped while opted out); refused (a permanent refusal: 21211, 21614…); gave_up (SMS_GIVE_UP_SECONDS);
+# day_cap (SMS_MAX_PER_DAY); auth_failed (20003, and 21212/21603: a sender Twilio refuses).
+SMS_OUTCOMES = ("sent", "retried", "cancelled", "held", "digested", "opted_out", "refused", "gave_up", "day_cap",
+                "auth_failed")
 POST_DURATION_BUCKETS_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 
 
@@ -153,6 +159,46 @@ class Metrics:
             f"{PREFIX}_live_clients_closed_total",
             "WebSocket clients closed by the relay, by reason (slow, full, shutdown).", ["reason"], registry=registry,
         )
+
+        # SMS escalation (issue 11). Recipients are never a label: a phone number is personal data.
+        self.sms = Counter(
+            f"{PREFIX}_sms_total", "SMS decisions and Twilio's answers, by outcome: " + ", ".join(SMS_OUTCOMES) + ".",
+            ["outcome"], registry=registry,
+        )
+        self.sms_scheduled = Counter(
+            f"{PREFIX}_sms_scheduled_total", "SMS scheduled (one per recipient and notification's new alerts).",
+            registry=registry,
+        )
+        self.sms_segments = Counter(
+            f"{PREFIX}_sms_segments_total", "SMS segments Twilio took: what the SMS cost.", registry=registry,
+        )
+        self.sms_status_callbacks = Counter(
+            f"{PREFIX}_sms_status_callbacks_total",
+            "Twilio status callbacks received, by status (forged: a bad X-Twilio-Signature, answered 403).",
+            ["status"], registry=registry,
+        )
+        self.sms_open = Gauge(
+            f"{PREFIX}_sms_pending", "SMS waiting to be sent: delayed, held for the hourly cap, or retrying.",
+            registry=registry,
+        )
+        self.sms_day_cap_reached = Gauge(
+            f"{PREFIX}_sms_day_cap_reached",
+            "1 while SMS_MAX_PER_DAY is spent for the day (nothing more is sent until the next UTC day), else 0.",
+            registry=registry,
+        )
+        self.sms_auth_failing = Gauge(
+            f"{PREFIX}_sms_auth_failing",
+            "1 after Twilio refused the credentials (20003) or the sender (21212, 21603) until an SMS goes out.",
+            registry=registry,
+        )
+
+    def prime_sms(self) -> None:
+        for outcome in SMS_OUTCOMES:
+            self.sms.labels(outcome)
+        for status in ("queued", "sent", "delivered", "undelivered", "failed", "forged"):
+            self.sms_status_callbacks.labels(status)
+        self.sms_day_cap_reached.set(0)
+        self.sms_auth_failing.set(0)
 
     def prime(self, destination_names: Iterable[str]) -> None:
         """Create every destination's series at zero, so alert rules see 0 rather than nothing before a failure."""

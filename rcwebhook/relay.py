@@ -26,6 +26,7 @@ from .model import FIRING, Notification, PayloadError
 from .payload import parse_notification
 from .routes import RouteTable
 from .safetext import one_line
+from .sms.escalation import Escalation
 
 logger = logging.getLogger("rcwebhook")
 alert_logger = logging.getLogger("rcwebhook.alerts")
@@ -116,8 +117,10 @@ class Relay:
         on_new_secret: Callable[[str], None] = lambda secret: None,
         publish: Callable[[object], None] = lambda event: None,
         wall_clock: Callable[[], float] = time.time,
+        escalation: Escalation | None = None,
     ):
         self.dispatcher = dispatcher
+        self.escalation = escalation  # SMS (issue 11): None when no Twilio is configured
         self.publish = publish  # events for the journal and the live feed; never blocks
         self.wall_clock = wall_clock
         self.config = config
@@ -257,8 +260,10 @@ class Relay:
             self.processing_slots.release()
         if isinstance(accepted, Answer):
             return accepted
-        notification, parts, submission = accepted
+        notification, parts, submission, sms_scheduled = accepted
         if isinstance(submission, Answer):  # parsed but not queued (overloaded): journaled with its answer
+            if sms_scheduled is not None:
+                submission.document["sms_scheduled"] = sms_scheduled
             self._journal_answer(integration, notification, submission, started, ())
             return submission
         # The deadline is enforced here, where the request waits, whatever the outbound call is doing. When the
@@ -276,6 +281,8 @@ class Relay:
             "skipped": len(notification.skipped),
             "integration": integration,
         }
+        if sms_scheduled is not None:  # SMS are asynchronous: the status stays about Rocket.Chat
+            document["sms_scheduled"] = sms_scheduled
         if any(submission.joined):
             document["deduplicated"] = True
         if any(report.state != DeliveryState.DELIVERED for report in reports):
@@ -308,7 +315,8 @@ class Relay:
         ))
 
     def _accept(self, integration: str, body: bytes):
-        """Parse, log, route and queue one body: (notification, parts, submission), or the error Answer."""
+        """Parse, log, route, schedule SMS for and queue one body: (notification, parts, submission, SMS scheduled),
+        or the error Answer."""
         try:
             document = decode_json_body(body)
         except ValueError as error:
@@ -333,8 +341,18 @@ class Relay:
         if notification.skipped:
             self.metrics.alerts_skipped.inc(len(notification.skipped))
         parts = table.route(integration, notification)
+        sms_scheduled = self._schedule_sms(table, integration, notification, severity_label)
         try:
             submission = self.dispatcher.submit(notification, parts, len(body))
         except Overloaded as error:
-            return notification, parts, self.overloaded(str(error), error.kind)
-        return notification, parts, submission
+            return notification, parts, self.overloaded(str(error), error.kind), sms_scheduled
+        return notification, parts, submission, sms_scheduled
+
+    def _schedule_sms(self, table: RouteTable, integration: str, notification: Notification,
+                      severity_label: str) -> int | None:
+        """How many SMS this body scheduled; None when no SMS destination exists (the answer then says nothing).
+
+        Scheduled before Rocket.Chat is tried: an SMS never waits for, or depends on, Rocket.Chat's answer."""
+        if self.escalation is None or not table.sms_destinations:
+            return None
+        return self.escalation.schedule(notification, table.sms_route(integration, notification), severity_label)

@@ -18,6 +18,7 @@ from .hookqueue import Part
 from .matchers import Matcher, matches_all
 from .model import SEVERITIES, UNKNOWN_SEVERITY, Alert, Notification
 from .pacing import RateLimit
+from .sms.destination import SmsDestination
 
 DEFAULT_INTEGRATION = "default"
 
@@ -101,6 +102,7 @@ class RouteTable:
     integrations: Mapping[str, Integration]
     hooks: Mapping[str, Hook]  # by URL
     source: str = "environment"  # or the routes file's path
+    sms_destinations: Mapping[str, SmsDestination] = field(default_factory=dict)  # SMS escalation (issue 11)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -123,7 +125,9 @@ class RouteTable:
         for alert in notification.alerts:
             reached_by_url: dict[str, list[RouteDestination]] = {}
             for name in destinations_for(integration, alert.labels):
-                destination = self.destinations[name]
+                destination = self.destinations.get(name)
+                if destination is None:  # an SMS destination: sms_route()
+                    continue
                 reached_by_url.setdefault(destination.url, []).append(destination)
             for url, reached in reached_by_url.items():
                 alerts, looks = by_url[url]
@@ -133,6 +137,18 @@ class RouteTable:
         return [
             Part(self.hooks[url], tuple(alerts), tuple(looks)) for url, (alerts, looks) in by_url.items() if alerts
         ]
+
+    def sms_route(self, integration_name: str, notification: Notification) -> list[tuple[SmsDestination, list[Alert]]]:
+        """Each SMS destination this notification's alerts reach, with those alerts (severities are its to filter)."""
+        if not self.sms_destinations:
+            return []
+        integration = self.integrations[integration_name]
+        reached: dict[str, list[Alert]] = {}
+        for alert in notification.alerts:
+            for name in destinations_for(integration, alert.labels):
+                if name in self.sms_destinations:
+                    reached.setdefault(name, []).append(alert)
+        return [(self.sms_destinations[name], alerts) for name, alerts in reached.items()]
 
     def describe(self) -> list[str]:
         """The table as --check-config prints it: URLs shown by host only."""
@@ -151,6 +167,7 @@ class RouteTable:
             extras += ["threads"] if destination.threads else []
             lines.append(f"destination {destination.name}: {redacted_url(destination.url)} (hook {hook.name})"
                          + (f", {', '.join(extras)}" if extras else ""))
+        lines += [sms.describe() for sms in self.sms_destinations.values()]
         return lines
 
 
@@ -197,6 +214,11 @@ def table_from_environment(config: Config) -> RouteTable:
     routes = tuple(
         Route(severity=severity, destinations=(severity,), where=f"severity {severity}") for severity in SEVERITIES
     ) + (Route(destinations=("default",), where="any other severity"),)
+    sms_destinations = {}
+    if config.sms_destination is not None:  # SMS_RECIPIENTS: every alert of SMS_SEVERITIES, beside Rocket.Chat
+        sms_destinations[config.sms_destination.name] = config.sms_destination
+        routes = (Route(destinations=(config.sms_destination.name,), continue_matching=True,
+                        where="SMS_RECIPIENTS"),) + routes
     integration = Integration(
         DEFAULT_INTEGRATION, token=config.webhook_token, token_file=config.webhook_token_file,
         previous_token=config.webhook_token_previous, severity_label=config.severity_label, routes=routes,
@@ -205,4 +227,4 @@ def table_from_environment(config: Config) -> RouteTable:
     # hook alone.
     hooks = {destination.url: Hook(destination.name, destination.url, threads=config.rocketchat_threads)
              for destination in config.destinations}
-    return RouteTable(destinations, {DEFAULT_INTEGRATION: integration}, hooks, "the environment")
+    return RouteTable(destinations, {DEFAULT_INTEGRATION: integration}, hooks, "the environment", sms_destinations)

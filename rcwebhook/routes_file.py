@@ -23,7 +23,8 @@ from .routes import (DEFAULT_INTEGRATION, Integration, Route, RouteDestination, 
 # Names appear in URLs (/webhook/<integration>), logs and metric labels: keep them plain.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOP_LEVEL_KEYS = {"destinations", "integrations", "templates"}
-DESTINATION_KEYS = {"rocketchat", "mention", "rate_limit", "alias", "emoji", "avatar_url", "template", "threads"}
+DESTINATION_KEYS = {"rocketchat", "mention", "rate_limit", "alias", "emoji", "avatar_url", "template", "threads",
+                    "sms"}
 URL_SOURCE_KEYS = {"url", "url_file", "url_env"}
 INTEGRATION_KEYS = {
     "token", "token_file", "token_env", "previous_token", "previous_token_file", "previous_token_env",
@@ -33,7 +34,12 @@ ROUTE_KEYS = {"matchers", "severity", "destination", "destinations", "continue"}
 SEVERITY_BY_WORD = {alias: severity for severity, aliases in SEVERITY_ALIASES.items() for alias in aliases}
 SEVERITY_BY_WORD[UNKNOWN_SEVERITY] = UNKNOWN_SEVERITY
 # The environment's destination settings, which a routes file replaces (a conflict unless it names them).
-ENVIRONMENT_DESTINATION_VARIABLES = (*WEBHOOK_VARIABLE.values(), DEFAULT_WEBHOOK_VARIABLE, *MENTION_VARIABLE.values())
+# SMS_MAX_PER_DAY is the whole relay's cost ceiling, not a destination's: it stays in the environment.
+SMS_DESTINATION_VARIABLES = tuple(f"SMS_{key.upper()}" for key in (
+    "recipients", "severities", "delay_seconds", "max_per_hour", "hours", "timezone", "send_resolved", "template",
+    "max_segments", "give_up_seconds"))
+ENVIRONMENT_DESTINATION_VARIABLES = (*WEBHOOK_VARIABLE.values(), DEFAULT_WEBHOOK_VARIABLE, *MENTION_VARIABLE.values(),
+                                     *SMS_DESTINATION_VARIABLES)
 TOKEN_VARIABLES = ("WEBHOOK_TOKEN", "WEBHOOK_TOKEN_FILE", "WEBHOOK_TOKEN_PREVIOUS", "WEBHOOK_TOKEN_PREVIOUS_FILE")
 
 
@@ -74,12 +80,51 @@ def _load(path: str, config: Config, environ: Mapping[str, str]) -> RouteTable:
     _check_environment_conflicts(environ, _url_variables_named(document))
     referenced_env: set[str] = set()
     templates = _templates(document.get("templates") or {})
-    destinations = _destinations(_mapping(document, "destinations", ""), templates, config, environ, referenced_env)
-    integrations = _integrations(_mapping(document, "integrations", ""), destinations, config, environ,
-                                 referenced_env)
+    section = _mapping(document, "destinations", "")
+    sms_destinations = _sms_destinations(section)
+    if sms_destinations and config.twilio is None:
+        raise _Problem(f"destinations.{next(iter(sms_destinations))}", "is an SMS destination but Twilio is not "
+                       "configured: set TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN (or an API key) and TWILIO_FROM_NUMBER "
+                       "(or TWILIO_MESSAGING_SERVICE_SID)")
+    destinations = _destinations({name: spec for name, spec in section.items() if name not in sms_destinations},
+                                 templates, config, environ, referenced_env)
+    integrations = _integrations(_mapping(document, "integrations", ""), {**destinations, **sms_destinations},
+                                 config, environ, referenced_env)
     ordered = list(destinations.values())
     _check_shared_hooks(ordered)
-    return RouteTable(destinations, integrations, hooks_named_by_destinations(ordered), path)
+    if not ordered:
+        raise _Problem("destinations", "needs at least one Rocket.Chat destination: SMS only escalate")
+    return RouteTable(destinations, integrations, hooks_named_by_destinations(ordered), path, sms_destinations)
+
+
+def _sms_destinations(section: Mapping) -> dict:
+    """The destinations given as sms: {recipients, delay_seconds, tiers, ...} (see routes.example.yml)."""
+    from .sms.destination import DESTINATION_KEYS as SMS_KEYS
+    from .sms.destination import SmsConfigError, build_destination
+
+    found = {}
+    for raw_name, spec in section.items():
+        if not isinstance(spec, dict) or "sms" not in spec:
+            continue
+        name = _name(raw_name, "destinations")
+        where = f"destinations.{name}"
+        _no_unknown_keys(spec, {"sms"}, where)  # an SMS destination has none of Rocket.Chat's keys
+        settings = spec["sms"]
+        if not isinstance(settings, dict):
+            raise _Problem(f"{where}.sms", "must be a mapping with recipients: (or recipients_file:, tiers:)")
+        _no_unknown_keys(settings, set(SMS_KEYS), f"{where}.sms")
+        try:
+            found[name] = build_destination(name, settings, lambda key, where=where: f"{where}.sms.{key}",
+                                            on_error=_log_recipients_problem)
+        except SmsConfigError as error:
+            raise _Problem("", _redacted(str(error))) from None
+    return found
+
+
+def _log_recipients_problem(message: str) -> None:
+    import logging
+
+    logging.getLogger("rcwebhook").error("%s", message)
 
 
 class _DuplicateKey(Exception):
@@ -358,6 +403,9 @@ def _check_environment_conflicts(environ: Mapping[str, str], referenced_env: set
             if value and variable not in referenced_env and not used_as_file:
                 if name in MENTION_VARIABLE.values():
                     fix = "give the destination mention: instead, and unset it"
+                elif name in SMS_DESTINATION_VARIABLES:
+                    key = name[len("SMS_"):].lower()
+                    fix = f"give it as {key}: of an sms: destination instead, and unset it"
                 elif variable.endswith("_FILE"):
                     fix = f"refer to its file with url_file: {environ[variable].strip()}, or unset it"
                 else:

@@ -24,6 +24,11 @@ class Setting:
     active_in_example: bool = False  # .env.example sets it (uncommented)
     read_by: str = "the relay"  # or "requests", for the ones the HTTP library reads itself
 
+    @property
+    def default_is_description(self) -> bool:
+        """A default said in words ("standard error"), not a value .env.example could set."""
+        return self.default in DESCRIBED_DEFAULTS
+
 
 HOOKS = "Rocket.Chat incoming webhooks (without ROUTES_FILE). They hold the hook's token: keep them secret."
 ROUTING = "Routing and access."
@@ -32,6 +37,9 @@ SERVER = "Where the relay listens, and its log."
 DELIVERY = "Delivery, pacing and bounds."
 OUTBOUND = "Reaching a self-hosted Rocket.Chat."
 STATE = "State, the alert journal and the status page."
+TWILIO = "Twilio, for SMS escalation (secrets: keep them out of version control)."
+SMS = "SMS escalation of alerts nobody acted on (without ROUTES_FILE; a routes file's `sms:` destinations hold these)."
+DESCRIBED_DEFAULTS = ("standard error", "system CAs", "the seed's `system_alert`", "the notification's `externalURL`")
 HOOK_EXAMPLE = "https://chat.example.com/hooks/INTEGRATION_ID/TOKEN"
 
 SETTINGS: tuple[Setting, ...] = (
@@ -120,6 +128,48 @@ SETTINGS: tuple[Setting, ...] = (
             "clients on the loopback interface (403 elsewhere)", STATE, file=True, secret=True),
     Setting("MAX_LIVE_CLIENTS", "32", "WebSocket clients of `GET /ws` at once (`0` switches the live feed off; "
             "the page then refreshes only when reloaded); `gunicorn.conf.py` adds this many threads", STATE),
+    Setting("TWILIO_ACCOUNT_SID", "", "the Twilio account (`AC…`) SMS are sent from", TWILIO, file=True,
+            secret=True),
+    Setting("TWILIO_AUTH_TOKEN", "", "its auth token: sends SMS and checks the signatures of Twilio's status "
+            "callbacks", TWILIO, file=True, secret=True),
+    Setting("TWILIO_API_KEY_SID", "", "an API key (`SK…`) to send with instead of the auth token (status callbacks "
+            "still need `TWILIO_AUTH_TOKEN` to be checked)", TWILIO, file=True, secret=True),
+    Setting("TWILIO_API_KEY_SECRET", "", "the API key's secret", TWILIO, file=True, secret=True),
+    Setting("TWILIO_FROM_NUMBER", "", "the Twilio number (E.164) SMS come from", TWILIO, secret=True,
+            example="+15017122661"),
+    Setting("TWILIO_MESSAGING_SERVICE_SID", "", "a Messaging Service (`MG…`) to send through instead of "
+            "`TWILIO_FROM_NUMBER`", TWILIO),
+    Setting("TWILIO_API_URL", "https://api.twilio.com", "Twilio's API (a regional edge such as "
+            "`https://api.dublin.ie1.twilio.com`, or the mock)", TWILIO),
+    Setting("PUBLIC_URL", "", "the relay's address as Twilio reaches it (e.g. `https://relay.example.com`): each "
+            "SMS asks Twilio to report its delivery to `PUBLIC_URL/twilio/status`, signed (unset: no status "
+            "callbacks)", TWILIO),
+    Setting("SMS_RECIPIENTS", "", "comma-separated E.164 numbers paged by SMS for the alerts of `SMS_SEVERITIES` "
+            "(without ROUTES_FILE; a routes file has `sms:` destinations instead). Unset: no SMS", SMS, file=True,
+            secret=True, example="+15551230001,+15551230002"),
+    Setting("SMS_SEVERITIES", "critical", "the severities paged by SMS", SMS),
+    Setting("SMS_DELAY_SECONDS", "0", "how long after an alert fires its SMS waits: one still firing and not "
+            "silenced (acknowledged) in Alertmanager then is sent; `300` sends SMS only for alerts nobody acted on "
+            "in 5 minutes", SMS),
+    Setting("SMS_MAX_PER_HOUR", "10", "SMS per recipient in any trailing hour; beyond, its alerts wait and go out "
+            "in one digest SMS", SMS),
+    Setting("SMS_MAX_PER_DAY", "200", "SMS for the whole relay per UTC day, a cost ceiling (also with a routes "
+            "file); beyond, nothing is sent that day (ERROR, and the shipped alert rules page)", SMS),
+    Setting("SMS_HOURS", "", "e.g. `08:00-18:00` (`22:00-06:00` spans midnight): SMS go only then; an alert that "
+            "fired outside and still fires when they begin is sent then. Unset: at any time", SMS),
+    Setting("SMS_TIMEZONE", "UTC", "the IANA timezone of `SMS_HOURS`, e.g. `Europe/Berlin`", SMS),
+    Setting("SMS_SEND_RESOLVED", "false", "`true`: recipients paged for an alert get an SMS when it resolves", SMS),
+    Setting("SMS_TEMPLATE", "the seed's `system_alert`", "a Jinja template of the SMS of one alert (`labels`, "
+            "`annotations`, `alertname`, `severity`, `fingerprint`, `starts_at`); several alerts are named in one "
+            "SMS", SMS),
+    Setting("SMS_MAX_SEGMENTS", "3", "the body is cut to this many SMS segments, counted as Twilio bills them "
+            "(GSM-7: 160, or 153 each when split; one emoji or non-Latin letter makes it UCS-2: 70, or 67)", SMS),
+    Setting("SMS_GIVE_UP_SECONDS", "3600", "an SMS Twilio keeps refusing for a while (20429, 5xx, no answer) is "
+            "retried with backoff this long, then given up at ERROR", SMS),
+    Setting("ALERTMANAGER_URL", "the notification's `externalURL`", "where a delayed SMS asks whether its alert "
+            "is silenced or inhibited (`GET /api/v2/alerts`); if Alertmanager cannot be asked, the SMS goes", SMS),
+    Setting("ALERTMANAGER_TOKEN", "", "sent to `ALERTMANAGER_URL` as `Authorization: Bearer`", SMS, file=True,
+            secret=True),
     Setting("REQUESTS_CA_BUNDLE", "system CAs", "a CA bundle for a self-hosted Rocket.Chat with a private CA",
             OUTBOUND, example="/etc/ssl/certs/internal-ca.pem", read_by="requests"),
     Setting("HTTPS_PROXY", "", "an outbound proxy to Rocket.Chat (`HTTP_PROXY` and `NO_PROXY` likewise)", OUTBOUND,
@@ -132,8 +182,8 @@ def markdown_table() -> str:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for setting in SETTINGS:
         name = f"`{setting.name}`" + (" (*file*)" if setting.file else "")
-        default = f"`{setting.default}`" if setting.default and setting.default != "standard error" and \
-            setting.default != "system CAs" else (setting.default or "—")
+        default = f"`{setting.default}`" if setting.default and not setting.default_is_description else (
+            setting.default or "—")
         meaning = setting.help + (" (read by requests)" if setting.read_by == "requests" else "")
         lines.append(f"| {name} | {default} | {meaning} |")
     return "\n".join(lines) + "\n"
@@ -152,7 +202,7 @@ def env_example() -> str:
             lines += ["", f"# == {section}"]
         help_text = setting.help.replace("`", "").replace("**", "") + (" (file)" if setting.file else "")
         lines.append(f"# {help_text}")
-        value = setting.example or ("" if setting.default in ("standard error", "system CAs") else setting.default)
+        value = setting.example or ("" if setting.default_is_description else setting.default)
         lines.append(f"{'' if setting.active_in_example else '#'}{setting.name}={value}")
     return "\n".join(lines) + "\n"
 

@@ -12,6 +12,7 @@ from .timefmt import parse_timestamp
 FIRING_SHOWN = 200  # each is a card: a page of thousands would cost every viewer's refresh
 RESOLVED_SHOWN = 25
 NOTIFICATIONS_SHOWN = 25
+SMS_SHOWN = 25
 
 
 def _fired_for_seconds(alert: dict, now: float) -> int:
@@ -25,8 +26,10 @@ def _fired_for_seconds(alert: dict, now: float) -> int:
 
 class StatusView:
     def __init__(self, journal: Journal, pacing: Callable[[], list[dict]], live_clients: Callable[[], tuple[int, int]],
-                 *, stale_after_seconds: float, wall_clock: Callable[[], float] = time.time):
+                 *, stale_after_seconds: float, wall_clock: Callable[[], float] = time.time,
+                 sms_enabled: bool = False):
         self.journal = journal
+        self.sms_enabled = sms_enabled
         self.stale_after_seconds = stale_after_seconds
         self.pacing = pacing
         self.live_clients = live_clients
@@ -44,6 +47,12 @@ class StatusView:
             journal_state = {**journal_state, "available": False, "detail": f"cannot be read: {error}"}
         for alert in firing + resolved:
             alert["fired_for_seconds"] = _fired_for_seconds(alert, now)
+        sms = None
+        if self.sms_enabled:
+            try:
+                sms = self.journal.sms(limit=SMS_SHOWN)
+            except JournalUnavailable as error:
+                sms = {"sms": [], "pending": 0, "opted_out": [], "error": f"cannot be read: {error}"}
         clients, maximum = self.live_clients()
         return {
             "version": __version__,
@@ -55,4 +64,5 @@ class StatusView:
             "hooks": self.pacing(),
             "live": {"clients": clients, "max": maximum},
             "stale_after_hours": self.stale_after_seconds / 3600,
+            "sms": sms,  # None when no Twilio is configured
         }

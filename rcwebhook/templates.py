@@ -249,7 +249,15 @@ def _compile_template(name: str, body: object, path: str) -> MessageTemplate:
     return MessageTemplate(name=name, fields=tuple(compiled_fields), **parts)
 
 
-def _compile_part(name: str, source: object, path: str, max_chars: int) -> CompiledPart:
+def compile_text_template(name: str, source: object, path: str, max_chars: int,
+                          variables: Sequence[str]) -> CompiledPart:
+    """A template of another channel (an SMS body) that sees only the given variables; TemplateError when it
+    cannot be used."""
+    return _compile_part(name, source, path, max_chars, variables=variables)
+
+
+def _compile_part(name: str, source: object, path: str, max_chars: int,
+                  variables: Sequence[str] | None = None) -> CompiledPart:
     if not isinstance(source, str) or not source.strip():
         raise TemplateError(f"{path} must be a non-empty string (a Jinja template)")
     if len(source) > MAX_TEMPLATE_SOURCE_CHARS:
@@ -261,8 +269,11 @@ def _compile_part(name: str, source: object, path: str, max_chars: int) -> Compi
         raise TemplateError(f"{path}, line {error.lineno}: {reason}") from None
     except Exception as error:  # noqa: BLE001 - e.g. RecursionError on thousands of nested brackets
         raise TemplateError(f"{path}: cannot be compiled: {_reason(error)}") from None
-    headline = path.endswith(".headline")  # a headline is per notification: it has no alert of its own
-    _refuse_unknown_variables(source, path, NOTIFICATION_VARIABLES if headline else ALERT_VARIABLES)
+    if variables is not None:
+        _refuse_unknown_variables(source, path, variables, with_notification=False)
+    else:
+        headline = path.endswith(".headline")  # a headline is per notification: it has no alert of its own
+        _refuse_unknown_variables(source, path, NOTIFICATION_VARIABLES if headline else ALERT_VARIABLES)
     return CompiledPart(template_name=name, path=path, source=source, max_chars=max_chars, template=template)
 
 
@@ -274,14 +285,15 @@ NOTIFICATION_VARIABLES = ("alerts", "status", "group_labels", "common_labels", "
                           "external_url", "receiver", "integration")
 
 
-def _refuse_unknown_variables(source: str, path: str, part_variables: Sequence[str]) -> None:
+def _refuse_unknown_variables(source: str, path: str, part_variables: Sequence[str], *,
+                              with_notification: bool = True) -> None:
     """Alert parts see the alert's variables and the notification's; a headline only the notification's."""
     environment = _environment()
     try:
         used = jinja2.meta.find_undeclared_variables(environment.parse(source))
     except Exception:  # noqa: BLE001 - it compiled above; a parse this fails on is left to the sample render
         return
-    visible = sorted({*part_variables, *NOTIFICATION_VARIABLES})
+    visible = sorted({*part_variables, *(NOTIFICATION_VARIABLES if with_notification else ())})
     unknown = sorted(used - {*visible, *environment.globals})
     if unknown:
         raise TemplateError(f"{path}: unknown variable(s) {', '.join(unknown)} (this part sees {', '.join(visible)})")

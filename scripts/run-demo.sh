@@ -43,6 +43,11 @@ for severity in critical warning info; do
   upper=$(echo "$severity" | tr '[:lower:]' '[:upper:]')
   export "ROCKETCHAT_WEBHOOK_${upper}=http://127.0.0.1:${MOCK_PORT}/hooks/${severity}/${severity}-token"
 done
+# SMS escalation through the mock's Twilio (same port): one demo recipient, paged at once for critical alerts.
+# The mock's fixed demo account (mock_twilio.py); a real TWILIO_* in the shell or .env is overridden here.
+export TWILIO_API_URL="http://127.0.0.1:${MOCK_PORT}" TWILIO_ACCOUNT_SID=AC0123456789abcdef0123456789abcdef \
+  TWILIO_AUTH_TOKEN=mock-twilio-auth-token TWILIO_FROM_NUMBER=+15017122661 SMS_RECIPIENTS=+15555550100 \
+  PUBLIC_URL="http://127.0.0.1:${RELAY_PORT}" TWILIO_API_KEY_SID= TWILIO_API_KEY_SECRET= TWILIO_MESSAGING_SERVICE_SID=
 "$PYTHON" rocketchat_webhook.py &
 relay_pid=$!
 
@@ -57,7 +62,8 @@ cat <<MSG
 
   Where to look:
     http://127.0.0.1:${RELAY_PORT}/             the relay's status page (firing alerts, deliveries, pacing; live)
-    http://127.0.0.1:${MOCK_PORT}/             the mock Rocket.Chat's channels, drawn as Rocket.Chat draws them
+    http://127.0.0.1:${MOCK_PORT}/             the mock Rocket.Chat's channels, and the SMS its mock Twilio took
+                                                (the critical test alert pages the demo number +15555550100)
     http://127.0.0.1:${RELAY_PORT}/api/v1/alerts   the alert journal as JSON
   The mock also prints each message it receives below. Ctrl-C stops both.
 

@@ -73,4 +73,11 @@ def api_blueprint(journal: Journal, authorize: Callable[[], Response | None],
             return answer(limit)
         return read(lambda: Answer(200, {"notifications": journal.notifications(limit=limit)}))
 
+    @api.get("/sms")
+    def sms() -> Response:
+        limit = _limit()
+        if isinstance(limit, Answer):
+            return answer(limit)
+        return read(lambda: Answer(200, journal.sms(limit=limit)))
+
     return api

@@ -132,6 +132,42 @@ def status_view(snapshot: Mapping) -> dict:
         "notifications": [_notification_view(notification, now) for notification in snapshot.get("notifications", [])],
         "hooks": [_hook_view(hook) for hook in snapshot.get("hooks", [])],
         "live": dict(snapshot.get("live") or {}),
+        "sms": _sms_view(snapshot.get("sms"), now),
+    }
+
+
+# SMS state → badge class: sent and waiting look fine, cancelled is neutral, the rest need a look.
+SMS_STATUS_CLASSES = {"sent": "outcome-delivered", "pending": "outcome-transient", "held": "outcome-transient",
+                      "digested": "outcome-delivered", "cancelled": "outcome-other", "opted_out": "outcome-permanent",
+                      "failed": "outcome-permanent"}
+
+
+def _sms_view(sms: Mapping | None, now: datetime | None) -> dict | None:
+    """The SMS section (None when no Twilio is configured): the latest SMS, the waiting count, the opt-outs."""
+    if not sms:
+        return None
+    messages = []
+    for message in sms.get("sms") or []:
+        status = str(message.get("status", ""))
+        twilio_status = str(message.get("twilio_status") or "")
+        code = message.get("error_code")
+        messages.append({
+            "recipient": _shown(message.get("recipient", "")),
+            "kind": _shown(message.get("kind", "")),
+            "alerts": _shown(", ".join(str(alert.get("alertname", "")) for alert in message.get("alerts") or []), 200),
+            "status": _shown(status.replace("_", " ")),
+            "status_css": SMS_STATUS_CLASSES.get(status, "outcome-other"),
+            "twilio_status": _shown(twilio_status + (f" ({code})" if code else "")),
+            "segments": int(message.get("segments") or 0),
+            "reason": _shown(message.get("reason", ""), MAX_DESCRIPTION_CHARS),
+            "when": _ago(now, str(message.get("sent_at") or message.get("due") or "")),
+        })
+    return {
+        "messages": messages,
+        "pending": int(sms.get("pending") or 0),
+        "opted_out": [{"recipient": _shown(entry.get("recipient", "")), "since": _ago(now, str(entry.get("since", "")))}
+                      for entry in sms.get("opted_out") or []],
+        "error": _shown(sms.get("error", ""), MAX_DESCRIPTION_CHARS),
     }
 
 
