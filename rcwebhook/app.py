@@ -244,6 +244,8 @@ def create_app(
     def health() -> Response:
         # 200 only while every hook's worker runs: a liveness probe (or systemd's watchdog) then restarts a relay
         # whose delivery machinery cannot run, rather than leave a channel silent behind a healthy answer.
+        if sms_worker is not None:
+            sms_worker.ensure_running()  # after a fork (gunicorn --preload), or if it died: probes bring it back
         unhealthy = dispatcher.check_workers()
         if unhealthy:
             return json_response(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from ..store import StoreError
@@ -23,12 +24,27 @@ class SmsWorker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._store_failing = False
+        self._start_lock = threading.Lock()
+        self._started_in_pid = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sms-worker", daemon=True)
-        self._thread.start()
+        with self._start_lock:
+            if self._stopping.is_set() or (self.alive and self._started_in_pid == os.getpid()):
+                return
+            # Threads do not survive a fork (gunicorn --preload builds the app in the master): start anew there.
+            self._started_in_pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="sms-worker", daemon=True)
+            self._thread.start()
+
+    def ensure_running(self) -> None:
+        """Start the thread in this process if it is not running here (after a fork, or if it died)."""
+        if not (self.alive and self._started_in_pid == os.getpid()):
+            if self._thread is not None and self._started_in_pid == os.getpid():
+                logger.error("the SMS worker had stopped; restarted it")
+            self.start()
 
     def wake(self) -> None:
+        self.ensure_running()
         self._wake.set()
 
     @property
