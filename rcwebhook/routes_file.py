@@ -154,8 +154,11 @@ def _loader_refusing_duplicate_keys(yaml):
 
 
 def _redacted(text: str) -> str:
-    """A text from the file as a message may show it: any URL (it may hold a hook's token) removed."""
-    return Redactor(strip_urls=True)(text)[:200]
+    """A text from the file as a message may show it: any URL (it may hold a hook's token) removed, and any phone
+    number (a recipient typed where a key goes) shown by its last three digits."""
+    from .channels.twilio import mask_numbers
+
+    return mask_numbers(Redactor(strip_urls=True)(text))[:200]
 
 
 def _url_variables_named(document: Mapping) -> set[str]:

@@ -87,7 +87,7 @@ class HoursWindow:
         return at  # unreachable for a valid window; never hold an SMS for ever
 
 
-def parse_hours(text: str, timezone_name: str, where: str) -> HoursWindow | None:
+def parse_hours(text: str, timezone_name: str, where: str, timezone_where: str = "") -> HoursWindow | None:
     text = text.strip()
     if not text:
         return None
@@ -100,7 +100,7 @@ def parse_hours(text: str, timezone_name: str, where: str) -> HoursWindow | None
     start, end = start_hour * 60 + start_minute, end_hour * 60 + end_minute
     if start == end % MINUTES_PER_DAY:
         raise SmsConfigError(f"{where}: {text!r} starts where it ends; leave it unset to send at any time")
-    return HoursWindow(start, end, timezone(timezone_name, where))
+    return HoursWindow(start, end, timezone(timezone_name, timezone_where or where))
 
 
 def timezone(name: str, where: str) -> str:
@@ -226,6 +226,10 @@ def tier_of(spec: Mapping, place: Callable[[str], str], read_file: Callable[[str
         text = raw
     elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
         text = ",".join(raw)
+    elif isinstance(raw, list) and any(isinstance(item, int) and not isinstance(item, bool) for item in raw):
+        # YAML reads +15551230001 unquoted as the integer 15551230001: the plus is gone before we see it.
+        raise SmsConfigError(f"{place('recipients')}: quote each number (\"+15551230001\"): YAML reads an unquoted "
+                             "+number as an integer and drops its plus")
     else:
         raise SmsConfigError(f"{place('recipients')} must be a list of E.164 numbers (or give recipients_file)")
     numbers = parse_recipients(text, place("recipients"))
@@ -309,7 +313,8 @@ def build_destination(name: str, values: Mapping[str, object], place: Callable[[
             template = SmsTemplate(str(values["template"]), place("template"))
         except TemplateError as error:
             raise SmsConfigError(str(error)) from None
-    hours = parse_hours(str(values.get("hours") or ""), str(values.get("timezone") or ""), place("hours"))
+    hours = parse_hours(str(values.get("hours") or ""), str(values.get("timezone") or ""), place("hours"),
+                        place("timezone"))
     if values.get("timezone") not in (None, "") and hours is None:
         timezone(str(values["timezone"]), place("timezone"))  # checked even when unused: a typo is a typo
     return SmsDestination(
