@@ -67,6 +67,8 @@ def on_starting(server):
             open_state(config)[0].close()
     except ConfigError as error:
         _fail(error)
+    if server.cfg.preload_app:  # the app is built here, in the master: its SMS worker starts in the worker only
+        os.environ["RCWEBHOOK_PRELOADED"] = "1"
     # Raised here, in the master, so the worker it forks inherits the limit.
     shortfall = raise_open_file_limit(server.cfg.worker_connections + server.cfg.threads + _SPARE_FILE_DESCRIPTORS)
     if shortfall:
@@ -91,6 +93,9 @@ def when_ready(server):
 def post_worker_init(worker):
     """On SIGTERM, close the live clients (GET /ws) and stop taking notifications (GET /ready turns 503) before
     gunicorn's own graceful stop runs. On SIGHUP, reload the routes in this worker."""
+    sms_worker = worker.wsgi.extensions.get("rcwebhook.sms_worker")
+    if sms_worker is not None:
+        sms_worker.ensure_running()  # pending SMS resume with no traffic needed, in this process only
     reloader = worker.wsgi.extensions.get("rcwebhook.reloader")
     if reloader is not None:
         reloader.install_sighup_handler()

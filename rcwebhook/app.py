@@ -37,6 +37,8 @@ from .web.twilio_status import twilio_status_blueprint
 logger = logging.getLogger("rcwebhook")
 
 SERVICE_NAME = "rocketchat-webhook-adapter"
+DEFER_SMS_WORKER_VARIABLE = "RCWEBHOOK_PRELOADED"
+SMS_STOP_SECONDS = 15.0  # above the Twilio client's 10 s exchange timeout  # set by gunicorn.conf.py when the app is built in the master
 
 
 def json_response(document: dict, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -180,7 +182,10 @@ def create_app(
         app.register_blueprint(twilio_status_blueprint(
             escalation, config.twilio.auth_token, config.sms_status_callback_url, answer,
             on_forged=metrics.sms_status_callbacks.labels("forged").inc))
-        sms_worker.start()
+        # gunicorn --preload builds the app in the master, which must not send SMS beside its worker: there the
+        # worker's post_worker_init starts it (gunicorn.conf.py); everywhere else it starts now.
+        if not os.environ.get(DEFER_SMS_WORKER_VARIABLE):
+            sms_worker.start()
         _announce_sms(config, table)
 
     # The integration's default comes from the function, not the rule: a rule default would make Werkzeug redirect
@@ -292,7 +297,7 @@ def _sms_escalation(config, store, metrics: Metrics, destinations):
     holder: list[SmsWorker] = []
     escalation = Escalation(
         store, TwilioClient(config.twilio, redactor=Redactor(config.secrets)),
-        AlertmanagerSilences(config.alertmanager_token), metrics, destinations=destinations,
+        AlertmanagerSilences(config.alertmanager_token, token_url=config.alertmanager_url), metrics, destinations=destinations,
         max_per_day=config.sms_max_per_day, status_callback_url=config.sms_status_callback_url,
         alertmanager_url=config.alertmanager_url, on_scheduled=lambda: holder[0].wake() if holder else None,
     )
@@ -318,6 +323,7 @@ def shutdown(app: Flask, drain_seconds: float) -> None:
     app.extensions["rcwebhook.live"].close_all("the relay is shutting down")
     app.extensions["rcwebhook.dispatcher"].stop(drain_seconds=drain_seconds)
     if app.extensions.get("rcwebhook.sms_worker") is not None:
-        app.extensions["rcwebhook.sms_worker"].stop()
+        # Longer than one send can take, so the store is not closed under a send whose outcome is being saved.
+        app.extensions["rcwebhook.sms_worker"].stop(timeout_seconds=SMS_STOP_SECONDS)
     app.extensions["rcwebhook.events"].stop()
     app.extensions["rcwebhook.journal"].store.close()

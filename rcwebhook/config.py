@@ -495,8 +495,10 @@ def _sms_settings(environ: Mapping[str, str], routes_file: str) -> dict:
     return dict(
         twilio=twilio,
         sms_destination=destination,
-        sms_max_per_day=int(_number(environ, "SMS_MAX_PER_DAY", DEFAULT_MAX_PER_DAY, integer=True, minimum=1)),
-        public_url=_http_url(environ, "PUBLIC_URL"),
-        alertmanager_url=_http_url(environ, "ALERTMANAGER_URL"),
-        alertmanager_token=_read_setting(environ, "ALERTMANAGER_TOKEN"),
+        sms_max_per_day=int(_number(environ, "SMS_MAX_PER_DAY", DEFAULT_MAX_PER_DAY, integer=True, minimum=1))
+        if twilio else DEFAULT_MAX_PER_DAY,
+        # Read only with Twilio: a relay without SMS must start as before whatever these names hold.
+        public_url=_http_url(environ, "PUBLIC_URL") if twilio else "",
+        alertmanager_url=_http_url(environ, "ALERTMANAGER_URL") if twilio else "",
+        alertmanager_token=_read_setting(environ, "ALERTMANAGER_TOKEN") if twilio else "",
     )

@@ -40,6 +40,9 @@ LOG_SUMMARY_MAX_CHARS = 200
 # Threads parsing and queueing bodies at once (the rest wait blocked, off the interpreter lock).
 PROCESSING_THREADS = 2
 OVERLOAD_RETRY_AFTER_SECONDS = 5
+# _schedule_sms: the SMS could not be scheduled (the state store failed): answered 503, Rocket.Chat's
+# de-duplication absorbs Alertmanager's retry, which schedules them.
+SMS_NOT_SCHEDULED = -1
 FAILED_AUTH_LOG_INTERVAL_SECONDS = 60.0
 FAILED_AUTH_RETRY_AFTER_SECONDS = 60
 FAILED_AUTH_LOG_EVERY_SECONDS = 10.0
@@ -263,7 +266,7 @@ class Relay:
         notification, parts, submission, sms_scheduled = accepted
         if isinstance(submission, Answer):  # parsed but not queued (overloaded): journaled with its answer
             if sms_scheduled is not None:
-                submission.document["sms_scheduled"] = sms_scheduled
+                submission.document["sms_scheduled"] = max(sms_scheduled, 0)
             self._journal_answer(integration, notification, submission, started, ())
             return submission
         # The deadline is enforced here, where the request waits, whatever the outbound call is doing. When the
@@ -282,15 +285,19 @@ class Relay:
             "integration": integration,
         }
         if sms_scheduled is not None:  # SMS are asynchronous: the status stays about Rocket.Chat
-            document["sms_scheduled"] = sms_scheduled
+            document["sms_scheduled"] = max(sms_scheduled, 0)
+        if sms_scheduled == SMS_NOT_SCHEDULED and status == 200:
+            status, retry_after_seconds = 503, max(retry_after_seconds or 0, OVERLOAD_RETRY_AFTER_SECONDS)
+            document["status"] = "error"
+            document["error"] = "the SMS of these alerts could not be scheduled (the state store failed); retry later"
         if any(submission.joined):
             document["deduplicated"] = True
         if any(report.state != DeliveryState.DELIVERED for report in reports):
             document["destinations"] = [report.as_dict() for report in reports]
         if status != 200:
-            document["error"] = "not every alert reached Rocket.Chat" + (
+            document.setdefault("error", "not every alert reached Rocket.Chat" + (
                 "; retry later" if status == 503 else "; see destinations and the relay's log"
-            )
+            ))
             log = logger.error
         else:
             log = logger.info
@@ -355,4 +362,12 @@ class Relay:
         Scheduled before Rocket.Chat is tried: an SMS never waits for, or depends on, Rocket.Chat's answer."""
         if self.escalation is None or not table.sms_destinations:
             return None
-        return self.escalation.schedule(notification, table.sms_route(integration, notification), severity_label)
+        try:
+            scheduled = self.escalation.schedule(notification, table.sms_route(integration, notification),
+                                                 severity_label)
+        except Exception:  # noqa: BLE001 - a bug of ours in the SMS path must not stop the Rocket.Chat message
+            logger.exception("internal error scheduling SMS (integration %s); answered 503 so Alertmanager retries",
+                             integration)
+            self.metrics.internal_errors.labels("sms").inc()
+            scheduled = None
+        return SMS_NOT_SCHEDULED if scheduled is None else scheduled

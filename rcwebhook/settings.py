@@ -168,7 +168,8 @@ SETTINGS: tuple[Setting, ...] = (
             "retried with backoff this long, then given up at ERROR", SMS),
     Setting("ALERTMANAGER_URL", "the notification's `externalURL`", "where a delayed SMS asks whether its alert "
             "is silenced or inhibited (`GET /api/v2/alerts`); if Alertmanager cannot be asked, the SMS goes", SMS),
-    Setting("ALERTMANAGER_TOKEN", "", "sent to `ALERTMANAGER_URL` as `Authorization: Bearer`", SMS, file=True,
+    Setting("ALERTMANAGER_TOKEN", "", "sent to `ALERTMANAGER_URL` as `Authorization: Bearer` (only there: never to a notification's "
+            "`externalURL`)", SMS, file=True,
             secret=True),
     Setting("REQUESTS_CA_BUNDLE", "system CAs", "a CA bundle for a self-hosted Rocket.Chat with a private CA",
             OUTBOUND, example="/etc/ssl/certs/internal-ca.pem", read_by="requests"),

@@ -565,3 +565,27 @@ def test_a_routes_files_sms_destination_pages_its_own_teams_recipients(mock, rel
     assert sorted(message["to"] for message in mock.twilio.messages()) == [ALICE, BOB, CAROL]
     assert len(mock.twilio.messages(to=ALICE)) == 1
 
+
+
+def test_sms_that_cannot_be_scheduled_are_answered_503_so_alertmanager_retries(mock, relays):
+    """The state store refuses the SMS record: Rocket.Chat still gets its message, but Alertmanager hears 503, and
+    its retry (de-duplicated for Rocket.Chat) schedules the SMS once the store works again."""
+    relay = relays(relay_settings(mock))
+    store = relay.app.extensions["rcwebhook.journal"].store
+    schedule = store.schedule_sms
+
+    def refuse(messages, at):
+        from rcwebhook.store import StoreError
+
+        raise StoreError("database or disk is full")
+
+    store.schedule_sms = refuse
+    answer = relay.client.post("/webhook", json=notification())
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert "could not be scheduled" in answer.get_json()["error"]
+    mock.wait_for_messages("critical", 1)  # the channel has it meanwhile
+    store.schedule_sms = schedule
+    retried = relay.post(notification())
+    assert retried["sms_scheduled"] == 2 and retried.get("deduplicated") is True
+    mock.twilio.wait_for_sms(2, WAIT_SECONDS)
+    assert len(mock.messages("critical")) == 1

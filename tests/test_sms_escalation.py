@@ -8,6 +8,8 @@ import datetime
 import itertools
 import logging
 
+import pytest
+
 from rcwebhook.channels.twilio import SmsOutcome, SmsResult
 from rcwebhook.metrics import Metrics
 from rcwebhook.model import Alert, Notification
@@ -431,5 +433,44 @@ def test_a_store_failure_at_scheduling_is_loud_and_schedules_nothing(caplog):
     harness = Harness()
     harness.store.close()
     with caplog.at_level(logging.ERROR, logger="rcwebhook.sms"):
-        assert harness.notify(alert()) == 0
+        assert harness.notify(alert()) is None  # the relay answers 503 for it (test_sms_app.py)
     assert any("SMS NOT scheduled" in record.getMessage() for record in caplog.records)
+
+
+def test_an_outcome_that_cannot_be_saved_is_not_sent_again_in_a_loop():
+    """Twilio took it but the store refused the result: the claim saved before the send holds the next attempt
+    SEND_CLAIM_SECONDS away, so one alert cannot become an SMS every few seconds."""
+    from rcwebhook.sms.escalation import SEND_CLAIM_SECONDS
+    from rcwebhook.store import StoreError
+
+    harness = Harness()
+    harness.notify(alert())
+    saves = []
+    original = harness.store.save_sms
+
+    def save_claim_only(messages):
+        saves.append(messages)
+        if len(saves) > 1:
+            raise StoreError("disk full")
+        original(messages)
+
+    harness.store.save_sms = save_claim_only
+    with pytest.raises(StoreError):
+        harness.run()
+    harness.store.save_sms = original
+    for _ in range(10):
+        harness.run(5)
+    assert harness.twilio.count == 1
+    harness.run(SEND_CLAIM_SECONDS)
+    assert harness.twilio.count == 2  # a second SMS after the claim ran out beats none
+
+
+def test_a_held_sms_asks_alertmanager_before_it_goes_even_without_a_delay():
+    harness = Harness(destination(max_per_hour=1))
+    harness.notify(alert("First"), group_key="a")
+    harness.run()
+    harness.notify(alert("Second"), group_key="b")
+    harness.run()
+    harness.alertmanager.silenced.add("Second")  # acknowledged while it waited for the hourly cap
+    harness.run(3601)
+    assert len(harness.twilio.to(ALICE)) == 1 and harness.alertmanager.asked >= 1

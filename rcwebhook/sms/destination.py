@@ -136,6 +136,8 @@ class RecipientsFile:
                 numbers = parse_recipients(handle.read(), f"{self.where} {self.path}")
         except OSError as error:
             raise SmsConfigError(f"{self.where}: cannot read {self.path!r}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise SmsConfigError(f"{self.where}: {self.path!r} is not UTF-8 (byte {error.start})") from None
         if not numbers:
             raise SmsConfigError(f"{self.where}: {self.path!r} names no recipient")
         self._signature = signature

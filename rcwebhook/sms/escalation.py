@@ -43,7 +43,13 @@ MAX_RETRY_SECONDS = 300.0
 DUE_BATCH = 50
 # A message that raised something unexpected is tried again this much later, so one bad record cannot spin the worker.
 AFTER_INTERNAL_ERROR_SECONDS = 30.0
-WARN_EVERY_SECONDS = 300.0  # repeated warnings (an Alertmanager that cannot be asked) at most this often
+WARN_EVERY_SECONDS = 300.0
+# An SMS going out this long after it was scheduled asks Alertmanager first, whatever its delay.
+LATE_SECONDS = 60.0
+# Before a send the message is saved as attempted with its next attempt this far ahead: if the outcome cannot be
+# saved (or the process dies mid-send), the SMS is tried again only then, not in a loop (Twilio's answer may have
+# been a 201; a second SMS a minute later beats none, a flood does not).
+SEND_CLAIM_SECONDS = 120.0  # repeated warnings (an Alertmanager that cannot be asked) at most this often
 
 
 class Sender(Protocol):
@@ -101,9 +107,9 @@ class Escalation:
     # -- scheduling (request threads) ------------------------------------------------------------------------------
 
     def schedule(self, notification: Notification, targets: Sequence[tuple[SmsDestination, Sequence[Alert]]],
-                 severity_label: str) -> int:
-        """Schedule the SMS this notification asks for; returns how many were scheduled (0 when the Store failed,
-        with an ERROR: the Rocket.Chat message is unaffected)."""
+                 severity_label: str) -> int | None:
+        """Schedule the SMS this notification asks for; returns how many were scheduled, or None when the Store
+        failed (with an ERROR: the relay then answers 503 so that Alertmanager's retry schedules them)."""
         now = self.wall_clock()
         # Occurrences are one SMS per recipient only when the body says which they are (a groupKey and the
         # fingerprints Alertmanager sends); a hand-written body pages every time, as it posts every time.
@@ -133,10 +139,10 @@ class Escalation:
                 added = messages
         except StoreError as error:
             logger.error("SMS NOT scheduled for %d alert(s) of %s: the state store failed: %s (the Rocket.Chat "
-                         "message is unaffected; Alertmanager's re-send will try again)",
+                         "message is unaffected; answered 503 so that Alertmanager's retry schedules them)",
                          len(notification.alerts), alert_name(notification.alerts[0], notification)
                          if notification.alerts else "a notification", error)
-            return 0
+            return None
         for message in added:
             logger.info("SMS %s scheduled to %s (destination %s, tier %d) for %s, due in %.0f s", message.kind,
                         masked(message.recipient), message.destination, message.tier, _names(message.alerts),
@@ -210,8 +216,11 @@ class Escalation:
                     logger.exception("internal error deciding SMS %s to %s; trying again in %.0f s", message.id,
                                      masked(message.recipient), AFTER_INTERNAL_ERROR_SECONDS)
                     self.metrics.internal_errors.labels("sms").inc()
-                    self.store.save_sms([dataclasses.replace(
-                        message, next_attempt_at=now + AFTER_INTERNAL_ERROR_SECONDS, updated_at=now)])
+                    current = self.store.sms(message.id)  # as it now is: what failed may have decided it already
+                    if current is not None and current.status in OPEN_SMS_STATES:
+                        self.store.save_sms([dataclasses.replace(
+                            current, next_attempt_at=max(current.next_attempt_at, now + AFTER_INTERNAL_ERROR_SECONDS),
+                            updated_at=now)])
                 decided += 1
             self.metrics.sms_open.set(len(self.store.open_sms()))
         return decided
@@ -245,9 +254,10 @@ class Escalation:
                 # as sms_sent_times counts the boundary in).
                 self._hold(message, now, sent[len(sent) - max_per_hour] + HOUR_SECONDS + 1, max_per_hour)
                 return
-            message = self._with_held(message, now)
-            if message is None:
-                return
+            if message.kind in ("alert", "digest"):  # a resolved SMS goes as itself, never inside a firing digest
+                message = self._with_held(message, now)
+                if message is None:
+                    return
         self._send(message, now, destination, max_segments)
 
     def _still_unacknowledged(self, message: SmsMessage) -> tuple[SmsAlert, ...] | None:
@@ -259,7 +269,9 @@ class Escalation:
         if not alive:
             self._finish(message, now, SMS_CANCELLED, "resolved before it was sent", "cancelled", logging.INFO)
             return None
-        if message.check_silences:
+        # Delayed on purpose, or late (held for the hourly cap, resumed after a restart, a digest): somebody may
+        # have acknowledged it since.
+        if message.check_silences or message.kind == "digest" or now - message.created_at > LATE_SECONDS:
             answer = self.silences.check(message.alertmanager_url, alive)
             if answer.error:
                 self._warn_once(f"silences:{message.alertmanager_url}",
@@ -302,8 +314,8 @@ class Escalation:
                 if other.status == SMS_HELD and other.id != message.id and other.kind in ("alert", "digest")]
         if not held and message.status != SMS_HELD:
             return message
-        if not held:
-            return dataclasses.replace(message, status=SMS_PENDING)  # alone: it goes as itself
+        if not held:  # alone: it goes as itself; SMS_GIVE_UP_SECONDS counts from its release, not from the hold
+            return dataclasses.replace(message, status=SMS_PENDING, due_at=now)
         members = sorted([message, *held], key=lambda member: (member.created_at, member.id))
         resolved = self.store.resolved_among([alert.id for member in members for alert in member.alerts])
         alerts = {alert.id: alert for member in members for alert in member.alerts if alert.id not in resolved}
@@ -334,12 +346,18 @@ class Escalation:
 
     def _send(self, message: SmsMessage, now: float, destination: SmsDestination | None, max_segments: int) -> None:
         body = self._body(message, destination, max_segments)
+        message = dataclasses.replace(message, body=body, attempts=message.attempts + 1, updated_at=now,
+                                      status=SMS_PENDING, next_attempt_at=now + SEND_CLAIM_SECONDS)
+        self.store.save_sms([message])  # the claim: a StoreError here sends nothing (the worker retries later)
         result = self.sender.send(message.recipient, body, status_callback=self.status_callback_url)
         now = self.wall_clock()
-        message = dataclasses.replace(message, body=body, attempts=message.attempts + 1, updated_at=now)
+        self._record_outcome(dataclasses.replace(message, updated_at=now), now, result, destination)
+
+    def _record_outcome(self, message: SmsMessage, now: float, result: SmsResult,
+                        destination: SmsDestination | None) -> None:
         outcome = result.outcome
         if outcome is SmsOutcome.SENT:
-            segments = result.segments or segment_count(body)
+            segments = result.segments or segment_count(message.body)
             self.store.save_sms([dataclasses.replace(
                 message, status=SMS_SENT, sid=result.sid, twilio_status=result.twilio_status or "queued",
                 segments=segments, sent_at=now, reason="")])

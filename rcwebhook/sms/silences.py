@@ -42,8 +42,11 @@ def _matcher(name: str, value: str) -> str:
 class AlertmanagerSilences:
     """Looks alerts up in Alertmanager's API with our timeouts, size cap and optional Bearer token."""
 
-    def __init__(self, token: str = "", session: requests.Session | None = None):
-        self._token = token
+    def __init__(self, token: str = "", session: requests.Session | None = None, *, token_url: str = ""):
+        # The token goes only to ALERTMANAGER_URL: a notification's externalURL comes from whoever can post to the
+        # relay (or is Grafana's own address), and must not receive it.
+        self._token = token if token_url else ""
+        self._token_url = token_url.rstrip("/")
         self._session = session or requests.Session()
 
     def check(self, base_url: str, alerts: Sequence[SmsAlert]) -> SilenceAnswer:
@@ -64,7 +67,7 @@ class AlertmanagerSilences:
     def _suppressed(self, base_url: str, alert: SmsAlert) -> bool:
         matchers = [_matcher(name, value) for name, value in sorted(alert.labels.items()) if LABEL_NAME.match(name)]
         headers = {"Accept": "application/json"}
-        if self._token:
+        if self._token and base_url.rstrip("/") == self._token_url:
             headers["Authorization"] = f"Bearer {self._token}"
         response = self._session.get(
             base_url.rstrip("/") + "/api/v2/alerts",
