@@ -154,7 +154,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SMS_MAX_PER_HOUR", "10", "SMS per recipient in any trailing hour; beyond, its alerts wait and go out "
             "in one digest SMS", SMS),
     Setting("SMS_MAX_PER_DAY", "200", "SMS for the whole relay per UTC day, a cost ceiling (also with a routes "
-            "file); beyond, nothing is sent that day (ERROR, and the shipped alert rules page)", SMS),
+            "file); beyond, nothing is sent that day (ERROR, and the shipped alert rules page): what waits goes after "
+            "midnight UTC if still firing and unsilenced", SMS),
     Setting("SMS_HOURS", "", "e.g. `08:00-18:00` (`22:00-06:00` spans midnight): SMS go only then; an alert that "
             "fired outside and still fires when they begin is sent then. Unset: at any time", SMS),
     Setting("SMS_TIMEZONE", "UTC", "the IANA timezone of `SMS_HOURS`, e.g. `Europe/Berlin`", SMS),

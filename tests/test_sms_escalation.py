@@ -267,10 +267,30 @@ def test_the_day_cap_stops_every_sms_at_error_and_sets_the_gauge(caplog):
     harness.notify(alert())
     with caplog.at_level(logging.ERROR, logger="rcwebhook.sms"):
         harness.run()
+        harness.run(3600)
     assert len(harness.twilio.sent) == 2
-    assert harness.statuses().count(SMS_FAILED) == 1
+    assert harness.outcome("day_cap") == 1
     assert harness.metrics.registry.get_sample_value("rocketchat_webhook_sms_day_cap_reached") == 1
-    assert any("SMS_MAX_PER_DAY (2) reached" in record.getMessage() for record in caplog.records)
+    assert any("SMS_MAX_PER_DAY (2) reached" in record.getMessage() and record.levelno == logging.ERROR
+               for record in caplog.records)
+
+
+def test_over_the_day_cap_an_sms_waits_for_the_next_utc_day_and_goes_only_if_still_unacknowledged():
+    harness = Harness(destination(SmsTier(0.0, (ALICE,)), SmsTier(0.0, (BOB,)), SmsTier(0.0, (CAROL,))),
+                      max_per_day=1)
+    harness.notify(alert("Still"), group_key="a")
+    harness.run()
+    [waiting_bob, waiting_carol] = [m for m in harness.store.open_sms()]
+    assert {waiting_bob.recipient, waiting_carol.recipient} == {BOB, CAROL}
+    midnight = datetime.datetime(2026, 12, 1, 0, 0, tzinfo=datetime.timezone.utc).timestamp()
+    harness.clock.now = midnight - 1
+    harness.run()
+    assert len(harness.twilio.sent) == 1  # nothing more that day
+    harness.alertmanager.silenced.add("Still")  # Bob acknowledged overnight: nobody is woken for it
+    harness.clock.now = midnight + 1
+    harness.run()
+    assert len(harness.twilio.sent) == 1 and harness.statuses().count(SMS_CANCELLED) == 2
+    assert harness.metrics.registry.get_sample_value("rocketchat_webhook_sms_day_cap_reached") == 0
 
 
 def test_the_day_cap_opens_again_the_next_utc_day():
@@ -278,11 +298,12 @@ def test_the_day_cap_opens_again_the_next_utc_day():
     harness.notify(alert("A"), group_key="a")
     harness.notify(alert("B"), group_key="b")
     harness.run()
+    assert len(harness.twilio.sent) == 1
     harness.clock.now = datetime.datetime(2026, 12, 1, 0, 0, 1, tzinfo=datetime.timezone.utc).timestamp()
     harness.notify(alert("C"), group_key="c")
     harness.run()
-    assert len(harness.twilio.sent) == 2
-    assert harness.metrics.registry.get_sample_value("rocketchat_webhook_sms_day_cap_reached") == 0
+    # B waited for the day and goes now (still firing); C is over the new day's cap of 1 and waits in turn.
+    assert len(harness.twilio.sent) == 2 and "B" in harness.twilio.sent[1][1]
 
 
 def test_an_alert_fired_at_night_is_sent_when_the_hours_begin_if_still_firing():

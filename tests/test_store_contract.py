@@ -437,7 +437,8 @@ def test_a_twilio_status_never_moves_a_message_back(store):
     assert record("sending", 120.0) == ("sent", None, 110.0)  # arrived late: ranks lower
     assert record("delivered", 130.0) == ("delivered", None, 130.0)
     assert record("failed", 125.0, 30003) == ("delivered", None, 130.0)  # same rank, older: the later one stays
-    assert record("undelivered", 140.0, 30005) == ("undelivered", 30005, 140.0)  # same rank, later: wins
+    # A final status is kept: Twilio sends one per message, so another final one is a replayed callback.
+    assert record("undelivered", 140.0, 30005) == ("delivered", None, 130.0)
     assert record("read", 150.0) == ("read", None, 150.0)
     assert record("delivered", 160.0) == ("read", None, 150.0)
     # The worker saving its older copy of the message does not move it back either.

@@ -44,6 +44,9 @@ DUE_BATCH = 50
 # A message that raised something unexpected is tried again this much later, so one bad record cannot spin the worker.
 AFTER_INTERNAL_ERROR_SECONDS = 30.0
 WARN_EVERY_SECONDS = 300.0
+# After Alertmanager could not be asked, SMS due meanwhile go without asking it again for this long (each question
+# may cost its 3-8 s timeout, and paging errs toward the phone anyway).
+SILENCES_FAILURE_SECONDS = 30.0
 # An SMS going out this long after it was scheduled asks Alertmanager first, whatever its delay.
 LATE_SECONDS = 60.0
 # Before a send the message is saved as attempted with its next attempt this far ahead: if the outcome cannot be
@@ -102,6 +105,7 @@ class Escalation:
         self.on_scheduled = on_scheduled  # wakes the worker
         self._lock = threading.Lock()  # one decision at a time: the worker and a test SMS share the caps
         self._warned_at: dict[str, float] = {}
+        self._silences_failing_until: dict[str, float] = {}  # Alertmanager URL → monotonic time
         self._day_cap_logged_for = -1.0
 
     # -- scheduling (request threads) ------------------------------------------------------------------------------
@@ -223,6 +227,9 @@ class Escalation:
                             updated_at=now)])
                 decided += 1
             self.metrics.sms_open.set(len(self.store.open_sms()))
+            # Refreshed every round, so the shipped rule stops paging once the UTC day turns, even on a quiet relay.
+            self.metrics.sms_day_cap_reached.set(
+                1 if len(self.store.sms_sent_times(utc_day_start(now))) >= self.max_per_day else 0)
         return decided
 
     def next_due_in_seconds(self, default: float) -> float:
@@ -272,8 +279,12 @@ class Escalation:
         # Delayed on purpose, or late (held for the hourly cap, resumed after a restart, a digest): somebody may
         # have acknowledged it since.
         if message.check_silences or message.kind == "digest" or now - message.created_at > LATE_SECONDS:
+            failed_until = self._silences_failing_until.get(message.alertmanager_url, 0.0)
+            if time.monotonic() < failed_until:  # just failed: each due SMS must not wait its own timeout
+                return tuple(alive)
             answer = self.silences.check(message.alertmanager_url, alive)
             if answer.error:
+                self._silences_failing_until[message.alertmanager_url] = time.monotonic() + SILENCES_FAILURE_SECONDS
                 self._warn_once(f"silences:{message.alertmanager_url}",
                                 "cannot ask Alertmanager whether alerts are silenced (%s): sending the SMS anyway",
                                 answer.error)
@@ -294,8 +305,17 @@ class Escalation:
             self._day_cap_logged_for = day_start
             logger.error("SMS_MAX_PER_DAY (%d) reached for today (UTC): no more SMS until midnight UTC; alerts still "
                          "go to Rocket.Chat", self.max_per_day)
-        self._finish(message, now, SMS_FAILED, f"not sent: SMS_MAX_PER_DAY ({self.max_per_day}) was reached",
-                     "day_cap", logging.ERROR)
+        # Nothing more today; tomorrow it goes if still firing and unacknowledged (it is late by then, so
+        # Alertmanager is asked, and the hourly cap folds a backlog into one digest per recipient).
+        tomorrow = day_start + 86400.0
+        reason = f"waiting for the next UTC day: SMS_MAX_PER_DAY ({self.max_per_day}) was reached"
+        if message.reason != reason:
+            self.metrics.sms.labels("day_cap").inc()
+            logger.warning("SMS to %s for %s not sent today: SMS_MAX_PER_DAY (%d) reached; it goes after midnight UTC "
+                           "if still firing and unsilenced", masked(message.recipient), _names(message.alerts),
+                           self.max_per_day)
+        self.store.save_sms([dataclasses.replace(
+            message, status=SMS_PENDING, due_at=tomorrow, next_attempt_at=tomorrow, updated_at=now, reason=reason)])
         return True
 
     def _hold(self, message: SmsMessage, now: float, allowed_at: float, max_per_hour: int) -> None:
@@ -305,8 +325,13 @@ class Escalation:
                            max_per_hour, allowed_at - now)
             self.metrics.sms.labels("held").inc()
         self.store.save_sms([dataclasses.replace(
-            message, status=SMS_HELD, next_attempt_at=max(allowed_at, now), updated_at=now,
+            message, status=SMS_HELD, next_attempt_at=self._within_hours(message, max(allowed_at, now)), updated_at=now,
             reason=f"held: over SMS_MAX_PER_HOUR ({max_per_hour}) for this recipient")])
+
+    def _within_hours(self, message: SmsMessage, at: float) -> float:
+        """`at`, or when its destination's SMS_HOURS next open (a held or retried SMS keeps to them too)."""
+        destination = self.destinations().get(message.destination)
+        return destination.hours.next_open(at) if destination and destination.hours else at
 
     def _with_held(self, message: SmsMessage, now: float) -> SmsMessage | None:
         """When the recipient has other SMS held for the hourly cap, one digest carries them all (and this one)."""
@@ -401,8 +426,11 @@ class Escalation:
             self.metrics.sms.labels("retried").inc()
             logger.warning("SMS to %s not sent (%s); retrying in %.0f s", masked(message.recipient),
                            result.reason or result.code or result.http_status, delay)
+        next_attempt = self._within_hours(message, now + delay)
         self.store.save_sms([dataclasses.replace(
-            message, status=SMS_PENDING, next_attempt_at=now + delay, error_code=result.code,
+            message, status=SMS_PENDING, next_attempt_at=next_attempt, error_code=result.code,
+            # Moved into the next SMS_HOURS: SMS_GIVE_UP_SECONDS counts from then, not across the night.
+            due_at=next_attempt if next_attempt > now + delay else message.due_at,
             reason=f"retrying: {result.reason}")])
 
     def _finish(self, message: SmsMessage, now: float, status: str, reason: str, outcome: str, level: int,

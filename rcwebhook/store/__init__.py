@@ -148,9 +148,11 @@ SMS_FAILED = "failed"  # refused for good, given up after SMS_GIVE_UP_SECONDS, o
 OPEN_SMS_STATES = (SMS_PENDING, SMS_HELD)
 SMS_STATES = (SMS_PENDING, SMS_HELD, SMS_SENT, SMS_DIGESTED, SMS_CANCELLED, SMS_OPTED_OUT, SMS_FAILED)
 # Twilio's message statuses in the order a message moves through them; a later callback never moves one back
-# (callbacks may arrive out of order). The three final ones rank alike: the latest of them wins.
+# (callbacks may arrive out of order). The three final ones rank alike and the first of them is kept: Twilio sends
+# one per message, so another is a replayed callback (signatures carry no nonce).
 TWILIO_STATUS_RANK = {"accepted": 1, "queued": 1, "sending": 2, "sent": 3, "delivered": 4, "undelivered": 4,
                       "failed": 4, "read": 5}
+TWILIO_FINAL_RANK = 4
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,8 @@ class Store(Protocol):
 
     def record_sms_status(self, sid: str, status: str, error_code: int | None, at: float) -> SmsMessage | None:
         """Twilio's status for a message (a status callback): kept unless the one held ranks higher in
-        TWILIO_STATUS_RANK (equal ranks: the later `at` wins); error_code with it. A status for a sid no message
+        TWILIO_STATUS_RANK (equal ranks: the later `at` wins, except that a final status, TWILIO_FINAL_RANK, is
+        never replaced by another final one); error_code with it. A status for a sid no message
         has yet is kept too, and applied when save_sms stores that sid (a callback can beat the send's answer).
         Applying it sets the message's updated_at to max(updated_at, at); a status missing from TWILIO_STATUS_RANK
         ranks below all; an empty sid records nothing. Returns the message as it now is, or None when no message

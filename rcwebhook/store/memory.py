@@ -9,7 +9,7 @@ import threading
 from typing import Iterable, Mapping, Sequence
 
 from . import (
-    MAX_DELIVERIES_PER_ALERT, OPEN_SMS_STATES, SMS_SENT, TWILIO_STATUS_RANK, AlertRecord, AlertSeen, GroupMemory,
+    MAX_DELIVERIES_PER_ALERT, OPEN_SMS_STATES, SMS_SENT, TWILIO_FINAL_RANK, TWILIO_STATUS_RANK, AlertRecord, AlertSeen, GroupMemory,
     NotificationRecord, SmsMessage, StoreError, ThreadMessage, WriteBatch,
 )
 
@@ -45,9 +45,19 @@ def twilio_rank(status: str) -> int:
     return TWILIO_STATUS_RANK.get(status, 0)
 
 
+def moves_forward(status: str, held_status: str) -> bool:
+    """Whether a status may replace the one held: it ranks higher, or alike and the held one is not final (a final
+    status is kept: Twilio sends one per message, so a second is a replayed callback)."""
+    rank, held_rank = twilio_rank(status), twilio_rank(held_status)
+    return rank > held_rank or (rank == held_rank and held_rank < TWILIO_FINAL_RANK)
+
+
 def supersedes(status: str, at: float, held: RecordedStatus | None) -> bool:
-    """Whether a status callback replaces the one recorded for its sid: it ranks higher, or alike and is not older."""
-    return held is None or (twilio_rank(status), at) >= (twilio_rank(held.status), held.at)
+    """Whether a status callback replaces the one recorded for its sid: it moves forward and, when it ranks alike,
+    is not older."""
+    if held is None:
+        return True
+    return moves_forward(status, held.status) and (twilio_rank(status) > twilio_rank(held.status) or at >= held.at)
 
 
 def with_recorded_status(message: SmsMessage, recorded: RecordedStatus | None) -> SmsMessage:
@@ -326,7 +336,7 @@ class MemoryStore:
             if supersedes(status, at, self._statuses.get(sid)):
                 self._statuses[sid] = RecordedStatus(status, error_code, at)
                 for message in [message for message in self._sms.values() if message.sid == sid]:
-                    if twilio_rank(status) >= twilio_rank(message.twilio_status):  # never moves a message back
+                    if moves_forward(status, message.twilio_status):  # never moves a message back
                         self._sms[message.id] = dataclasses.replace(
                             message, twilio_status=status, error_code=error_code,
                             updated_at=max(message.updated_at, at))

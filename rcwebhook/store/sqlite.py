@@ -28,7 +28,7 @@ from . import (
     NotificationRecord, SmsAlert, SmsMessage, StoreError, ThreadMessage, WriteBatch,
 )
 # The SMS rules that are not a query (Twilio's status ranks) are the memory store's, so both backends apply the same.
-from .memory import RecordedStatus, supersedes, twilio_rank, with_recorded_status
+from .memory import RecordedStatus, moves_forward, supersedes, with_recorded_status
 
 SCHEMA_VERSION = 1  # PRAGMA user_version
 # How long a write waits for another process's lock (gunicorn workers share the file) before StoreError: the journal
@@ -621,7 +621,7 @@ class SQLiteStore:
                                    " VALUES (?, ?, ?, ?)", (_text(sid), _text(status), error_code, at))
                 for sms_id, held in connection.execute("SELECT id, twilio_status FROM sms WHERE sid = ?",
                                                        (_text(sid),)).fetchall():
-                    if twilio_rank(status) >= twilio_rank(held):  # never moves a message back
+                    if moves_forward(status, held):  # never moves a message back
                         connection.execute(
                             "UPDATE sms SET twilio_status = ?, error_code = ?, updated_at = max(updated_at, ?)"
                             " WHERE id = ?", (_text(status), error_code, at, sms_id))

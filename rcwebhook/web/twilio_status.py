@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Callable
 
 from flask import Blueprint, Response, request
@@ -23,11 +24,13 @@ logger = logging.getLogger("rcwebhook.sms")
 MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
 STATUS_WORD = re.compile(r"^[a-z_]{1,20}$")
 MAX_CALLBACK_BYTES = 64 * 1024  # a callback is a few hundred bytes of form fields
+FORGED_LOG_EVERY_SECONDS = 60.0  # one WARNING a minute for refused callbacks; the metric counts each
 
 
 def twilio_status_blueprint(escalation: Escalation, auth_token: str, callback_url: str,
                             answer: Callable[[Answer], Response], on_forged: Callable[[], None]) -> Blueprint:
     blueprint = Blueprint("twilio_status", __name__)
+    forged_logged_at = [-FORGED_LOG_EVERY_SECONDS]
 
     @blueprint.post("/twilio/status")
     def twilio_status() -> Response:
@@ -38,9 +41,13 @@ def twilio_status_blueprint(escalation: Escalation, auth_token: str, callback_ur
         params = list(request.form.items(multi=True))
         if not signature_matches(auth_token, callback_url, params, request.headers.get("X-Twilio-Signature", "")):
             on_forged()
+            now = time.monotonic()
+            if now - forged_logged_at[0] < FORGED_LOG_EVERY_SECONDS:  # a spray must not flood the log
+                return answer(error_answer(403, "X-Twilio-Signature does not match"))
+            forged_logged_at[0] = now
             logger.warning("refused a Twilio status callback from %s: X-Twilio-Signature does not match (answered "
-                           "403; if PUBLIC_URL differs from the address Twilio calls, every callback fails so)",
-                           request.remote_addr)
+                           "403; if PUBLIC_URL differs from the address Twilio calls, every callback fails so). At most "
+                           "one such line a minute; the metric counts each (status=\"forged\")", request.remote_addr)
             return answer(error_answer(403, "X-Twilio-Signature does not match"))
         sid = request.form.get("MessageSid", "") or request.form.get("SmsSid", "")
         status = (request.form.get("MessageStatus", "") or request.form.get("SmsStatus", "")).strip().lower()
