@@ -1,27 +1,31 @@
-"""The Store contract (rcwebhook/store/__init__.py) on every backend, then what only the SQLite file must do."""
+"""The Store contract (rcwebhook/store/__init__.py) on every backend (memory, SQLite, and Redis: a real redis-server,
+Debian's, started for the session), then what only the SQLite file must do, then what only Redis must do."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from rcwebhook.store import (
-    MAX_DELIVERIES_PER_ALERT, SMS_CANCELLED, SMS_DIGESTED, SMS_FAILED, SMS_HELD, SMS_PENDING, SMS_SENT, AlertSeen,
-    Delivery, GroupMemory, NotificationRecord, SmsAlert, SmsMessage, StoreError, ThreadMessage, WriteBatch,
-    open_store,
+    MAX_DELIVERIES_PER_ALERT, SMS_CANCELLED, SMS_DIGESTED, SMS_FAILED, SMS_HELD, SMS_PENDING, SMS_SENT,
+    TWILIO_STATUS_RANK, AlertSeen, Delivery, GroupMemory, NotificationRecord, SmsAlert, SmsMessage, StoreError,
+    ThreadMessage, WriteBatch, open_store,
 )
 from rcwebhook.store import sqlite as sqlite_module
 from rcwebhook.store.memory import MemoryStore
 from rcwebhook.store.sqlite import SQLiteStore
+from tests.redis_server import redis_factory_fixture, redis_fixture
 
 REPO = Path(__file__).resolve().parent.parent
 ALICE, BOB = "+15550000001", "+15550000002"
@@ -77,9 +81,29 @@ def write(store, *, alerts=(), deliveries=(), notifications=(), groups=()):
                            groups=list(groups)))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+redis_server = redis_fixture(scope="session")  # one for the whole run: each store has a prefix of its own
+# A one-node Redis Cluster: it refuses a script or MULTI whose keys are in two slots (the hash tags' job).
+redis_cluster = redis_fixture(scope="session", cluster=True)
+redis_servers = redis_factory_fixture()  # more, for the tests that need a server to themselves
+
+
+def redis_store(server, **options):
+    """A RedisStore on the server under a prefix no other test uses."""
+    from rcwebhook.store.redis import RedisStore
+
+    options.setdefault("prefix", f"test-{uuid.uuid4().hex[:12]}:")
+    return RedisStore(server.url, **options)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def store(request, tmp_path):
-    store = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "state.sqlite3"))
+    if request.param == "memory":
+        store = MemoryStore()
+    elif request.param == "sqlite":
+        store = SQLiteStore(str(tmp_path / "state.sqlite3"))
+    else:
+        store = redis_store(request.getfixturevalue("redis_cluster" if request.param == "redis-cluster" else
+                                                    "redis_server"))
     yield store
     store.close()
 
@@ -262,8 +286,9 @@ def test_any_unicode_is_stored_and_labels_keep_lone_surrogates(store):
     record = store.alert("u")
     assert record.labels == hostile and record.annotations == hostile
     assert store.notifications()[0].destinations == {"ops\ud800": "delivered"}
-    # Plain text columns: kept as sent in the process, U+FFFD in SQLite (it binds UTF-8).
-    exact = isinstance(store, MemoryStore)
+    # Plain text columns: kept as sent in the process and in Redis (UTF-8 with surrogatepass), U+FFFD in SQLite (it
+    # binds UTF-8).
+    exact = not isinstance(store, SQLiteStore)
     assert record.alertname == ("Disk\ud83d" if exact else "Disk\ufffd")
     assert store.load_groups(0.0)[0].reason == ("bad \ud800" if exact else "bad \ufffd")
 
@@ -296,8 +321,18 @@ def test_open_store_picks_the_backend_by_url(tmp_path):
     assert isinstance(sqlite, SQLiteStore) and sqlite.description == f"sqlite:///{tmp_path}/s.sqlite3"
     assert (tmp_path / "s.sqlite3").is_file()
     sqlite.close()
-    with pytest.raises(StoreError, match="redis://x"):
-        open_store("redis://x")
+    with pytest.raises(StoreError, match="unknown store URL scheme"):
+        open_store("postgres://x")
+    # redis:// and rediss://: opening connects to nothing (a Redis that does not answer yet is not an error here).
+    from rcwebhook.store.redis import RedisStore
+
+    shared = open_store("redis://:pw@127.0.0.1:1/2", prefix="other:", timeout_seconds=0.2)
+    assert isinstance(shared, RedisStore) and shared.description == "redis://:<redacted>@127.0.0.1:1/2"
+    assert (shared.prefix, shared.timeout_seconds) == ("other:", 0.2)
+    assert open_store("rediss://cache.example:6380/0").description == "rediss://cache.example:6380/0"
+    assert open_store("redis://127.0.0.1").prefix == "rcwebhook:"
+    with pytest.raises(StoreError, match="^redis at 127.0.0.1:1: "):
+        shared.counts()
 
 
 # SMS (issue 11).
@@ -874,4 +909,489 @@ def test_an_alert_in_an_sms_written_by_a_later_release_loses_only_what_this_one_
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE sms SET alerts = json_set(alerts, '$[0].added_later', 'x')")
     assert store.sms("s1") == sms_message("s1", ("a1",))
+    store.close()
+
+
+# What only Redis must do.
+
+def raw_client(server, db=0):
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=server.port, db=db, password=server.password, socket_timeout=10)
+
+
+def dump(server) -> dict[str, list[str]]:
+    """Every key of the server's database with everything its value holds, as text."""
+    client = raw_client(server)
+    found = {}
+    try:
+        for key in client.scan_iter(count=1000):
+            kind = client.type(key).decode()
+            if kind == "string":
+                values = [client.get(key)]
+            elif kind == "hash":
+                values = [item for pair in client.hgetall(key).items() for item in pair]
+            elif kind == "list":
+                values = client.lrange(key, 0, -1)
+            elif kind == "set":
+                values = list(client.smembers(key))
+            elif kind == "zset":
+                values = [str(item) for pair in client.zrange(key, 0, -1, withscores=True) for item in pair]
+            else:
+                raise AssertionError(f"{key!r} is a {kind}")
+            found[key.decode("utf-8", "surrogatepass")] = [
+                value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value for value in values]
+    finally:
+        client.close()
+    return found
+
+
+def fill(store, hook="hook-a"):
+    """A record of every kind the store keeps."""
+    store.write(WriteBatch(
+        alerts=[seen("a1", 100.0), seen("a2", 110.0, status="resolved", severity="warning", integration="mail")],
+        deliveries=[delivery("a1", 101.0, message_id="m-1")], notifications=[notification("n1", 100.0)],
+        groups=[group(hook, b"\x00g1", 100.0)], threads=[ThreadMessage(hook, "a1", "msg-1", 100.0)]))
+    store.schedule_sms([sms_message("s1", ("a1",))], at=100.0)
+    store.save_sms([sms_message("s2", ("a2",), status=SMS_SENT, sid="SM-2", twilio_status="queued", sent_at=101.0)])
+    store.record_sms_status("SM-2", "delivered", None, 102.0)
+    store.record_sms_status("SM-unknown", "sent", None, 102.0)
+    store.mark_resolved(["a2"], at=110.0)
+    store.set_opt_out(BOB, 100.0)
+
+
+def test_every_key_is_under_the_prefix_in_one_of_two_hash_tags(redis_servers):
+    server = redis_servers()
+    store = redis_store(server, prefix="relay-one:")
+    fill(store)
+    keys = dump(server)
+    assert len(keys) > 20
+    outside = [key for key in keys if not key.startswith(("relay-one:{journal}:", "relay-one:{sms}:"))]
+    assert outside == []  # one write() (and one prune step) is one slot; every SMS call is the other
+    store.prune(updated_before=1e12, max_alerts=0, groups_finished_before=1e12)
+    left = set(dump(server))  # what prune never forgets: open messages (and what names them), opt-outs
+    assert left == {"relay-one:{sms}:m:s1", "relay-one:{sms}:ma:s1", "relay-one:{sms}:alert:a1",
+                    "relay-one:{sms}:sms:updated", "relay-one:{sms}:sms:open", "relay-one:{sms}:opt_outs"}
+    store.close()
+
+
+def test_two_prefixes_on_one_redis_do_not_see_each_other(redis_servers):
+    server = redis_servers()
+    one, two = redis_store(server, prefix="relay-one:"), redis_store(server, prefix="relay-two:")
+    fill(one)
+    assert two.counts() == {"alerts": 0, "notifications": 0, "groups": 0, "threads": 0, "sms": 0}
+    assert (two.alerts(), two.notifications(), two.load_groups(0.0), two.load_threads(0.0)) == ([], [], [], [])
+    assert (two.open_sms(), two.recent_sms(), two.sms_by_sid("SM-2"), two.opt_outs()) == ([], [], None, {})
+    assert two.resolved_among(["a2"]) == set() and two.sms_sent_times(0.0) == []
+    assert [m.id for m in two.schedule_sms([sms_message("s1", ("a1",))], at=200.0)] == ["s1"]  # not paged there
+    write(two, alerts=[seen("a1", 500.0, status="resolved")])
+    before = (one.alerts(), one.counts(), one.sms("s1"))
+    two.prune(updated_before=1e12, max_alerts=0, groups_finished_before=1e12)
+    assert (one.alerts(), one.counts(), one.sms("s1")) == before and one.alert("a1").status == "firing"
+    one.close()
+    two.close()
+
+
+def test_no_key_or_value_holds_a_hook_url_or_its_token(redis_servers):
+    from rcwebhook.dispatcher import hook_key
+
+    url = "https://chat.example.com/hooks/6650c1d2e3f4a5b6/Zk9TOKENsecret8Qp2"
+    server = redis_servers()
+    store = redis_store(server)
+    fill(store, hook=hook_key(url))
+    store.write(WriteBatch(groups=[group(hook_key(url), b"g2", 120.0, state="refused", status=None)],
+                           threads=[ThreadMessage(hook_key(url), "a2", "msg-2", 120.0)]))
+    text = "\n".join(f"{key}\n" + "\n".join(map(str, values)) for key, values in dump(server).items())
+    assert hook_key(url) in text  # the digest names the hook
+    for secret in (url, "Zk9TOKENsecret8Qp2", "6650c1d2e3f4a5b6", "chat.example.com", "hooks/"):
+        assert secret not in text
+    store.close()
+
+
+def test_a_hung_redis_costs_each_call_its_timeout_and_no_more(redis_servers):
+    server = redis_servers()
+    store = redis_store(server, timeout_seconds=0.5)
+    fill(store)
+    calls = {
+        "counts": store.counts, "write": lambda: write(store, alerts=[seen("a3", 300.0)]),
+        "status page": lambda: store.alerts(status="firing", limit=200), "alert": lambda: store.alert("a1"),
+        "schedule_sms": lambda: store.schedule_sms([sms_message("s3", ("a3",))], at=300.0),
+        "due_sms": lambda: store.due_sms(1e12), "mark_resolved": lambda: store.mark_resolved(["a1"], 300.0),
+        "prune": lambda: store.prune(updated_before=0.0, max_alerts=100, groups_finished_before=0.0),
+        "a new store's first call": lambda: redis_store(server, timeout_seconds=0.5).counts(),
+    }
+    server.freeze()  # SIGSTOP: the port still accepts connections, nothing answers
+    timings = {}
+    try:
+        for name, call in calls.items():
+            started = time.monotonic()
+            with pytest.raises(StoreError, match=rf"^redis at 127\.0\.0\.1:{server.port}: no answer within 0\.5 s$"):
+                call()
+            timings[name] = time.monotonic() - started
+    finally:
+        server.thaw()
+    print(f"calls to a frozen Redis raised after: { {name: f'{t:.3f} s' for name, t in timings.items()} }")
+    assert all(0.45 <= elapsed < 1.0 for elapsed in timings.values()), timings
+    # It answers again: the same store works without a restart (a call that timed out may have been applied).
+    assert store.alert("a1").deliveries[0].message_id == "m-1"
+
+
+def test_a_stopped_redis_fails_calls_at_once_and_a_new_one_is_used_when_it_comes(redis_servers):
+    server = redis_servers()
+    store = redis_store(server)
+    fill(store)
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=rf"^redis at 127\.0\.0\.1:{server.port}: .*refused"):
+        store.counts()
+    with pytest.raises(StoreError):
+        write(store, alerts=[seen("a3")])
+    assert time.monotonic() - started < 0.5
+    server.start()  # a new, empty Redis on the same port: no data, and none of the store's scripts cached
+    write(store, alerts=[seen("a3", 300.0)])
+    assert [r.id for r in store.alerts()] == ["a3"] and store.counts()["alerts"] == 1
+    assert [m.id for m in store.schedule_sms([sms_message("s9", ("a3",))], at=300.0)] == ["s9"]
+    store.close()
+
+
+def test_a_password_in_the_url_works_and_is_never_shown(redis_servers):
+    from urllib.parse import quote
+
+    from rcwebhook.store.redis import RedisStore
+
+    password = "s3cr#t/pa:ss@word"
+    server = redis_servers(password=password)
+    store = redis_store(server)
+    fill(store)
+    assert store.alert("a1").deliveries[0].message_id == "m-1" and store.counts()["sms"] == 2
+    assert store.description == f"redis://:<redacted>@127.0.0.1:{server.port}/0"
+    assert open_store(server.url).description == store.description
+    messages = [store.description, repr(store.description)]
+    for url in (server.url_with("wrong-" + password), server.url_with(None)):
+        with pytest.raises(StoreError) as refused:
+            RedisStore(url, prefix="x:").counts()
+        messages.append(str(refused.value))
+    assert "authentication refused: invalid username-password pair" in messages[2]
+    assert "authentication refused: Authentication required" in messages[3]
+    server.freeze()
+    try:
+        with pytest.raises(StoreError) as hung:
+            store.counts()
+        messages.append(str(hung.value))
+    finally:
+        server.thaw()
+    server.stop()
+    with pytest.raises(StoreError) as stopped:
+        store.counts()
+    messages.append(str(stopped.value))
+    for message in messages:
+        for shown in (password, quote(password, safe=""), "s3cr", "wrong-"):
+            assert shown not in message, message
+    store.close()
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:hunter2@/0", "redis://:hunter2@cache:port/0", "redis://:hunter2@cache/db",
+    "redis://:hunter2@cache/0?unknown_option=1", "redis://:hunter2@cache/0?socket_timeout=soon",
+])
+def test_a_redis_url_that_cannot_be_used_is_refused_without_showing_it(url):
+    with pytest.raises(StoreError) as refused:
+        open_store(url)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_key_prefix_with_braces_is_refused():
+    with pytest.raises(StoreError, match="braces"):
+        open_store("redis://cache:6379/0", prefix="relay{1}:")
+
+
+def test_the_url_cannot_turn_longer_timeouts_or_retrying_back_on():
+    store = open_store("redis://cache:6379/0?socket_timeout=30&socket_connect_timeout=30&health_check_interval=5"
+                       "&retry_on_timeout=yes", timeout_seconds=0.3)
+    options = store._pool.connection_kwargs
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == 0.3
+    assert options["health_check_interval"] == 0 and options["retry_on_timeout"] is False
+    assert options["retry"].get_retries() == 0
+    connection = store._pool.make_connection()
+    assert connection.retry.get_retries() == 0 and connection.retry_on_error == []
+
+
+# Twilio's statuses as a callback may bring them: every known one, none yet, and one Twilio could add later.
+STATUS_VARIETY = (*TWILIO_STATUS_RANK, "", "scheduled-by-a-later-twilio")
+
+
+def test_redis_ranks_twilio_statuses_exactly_as_the_memory_store(redis_server):
+    """The ranking is ported into Lua: every pair of statuses, in both time orders and at the same time, before and
+    after the message is saved, gives what memory.moves_forward/supersedes/with_recorded_status give."""
+    stores = (MemoryStore(), redis_store(redis_server))
+    case = 0
+    for held in ("", "sent"):
+        for first in STATUS_VARIETY:
+            for second in STATUS_VARIETY:
+                for later in (-1.0, 0.0, 1.0):
+                    for saved_first in (True, False):
+                        case += 1
+                        message = sms_message(f"s{case}", status=SMS_SENT, sid=f"SM{case}", twilio_status=held,
+                                              error_code=30001 if held else None)
+                        outcomes = []
+                        for store in stores:
+                            if saved_first:
+                                store.save_sms([message])
+                            answers = (store.record_sms_status(f"SM{case}", first, 30003, 100.0),
+                                       store.record_sms_status(f"SM{case}", second, None, 100.0 + later))
+                            if not saved_first:
+                                store.save_sms([message])
+                            outcomes.append((answers, store.sms(message.id)))
+                        assert outcomes[0] == outcomes[1], (held, first, second, later, saved_first)
+    assert case == 2 * len(STATUS_VARIETY) ** 2 * 3 * 2
+    stores[1].close()
+
+
+def test_a_prune_longer_than_one_script_forgets_what_memory_forgets(redis_server, monkeypatch):
+    from rcwebhook.store import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "PRUNE_BATCH", 3)
+    stores = (MemoryStore(), redis_store(redis_server))
+    seen_after = []
+    for store in stores:
+        write(store, alerts=[seen(f"a{n}", 100.0 + n, status="resolved" if n % 4 == 0 else "firing")
+                             for n in range(20)],
+              deliveries=[delivery(f"a{n}", 100.0 + n + (n % 5) * 7) for n in range(20)],
+              notifications=[notification(f"n{n}", 100.0 + n) for n in range(20)],
+              groups=[group("h", bytes([n]), 100.0 + n) for n in range(20)])
+        store.write(WriteBatch(threads=[ThreadMessage("h", f"a{n}", f"m{n}", 100.0 + n) for n in range(20)]))
+        store.save_sms([sms_message(f"s{n:02}", (f"a{n}",), status=SMS_PENDING if n % 3 == 0 else SMS_SENT,
+                                    at=100.0 + n, sid=f"SM{n}") for n in range(20)])
+        store.schedule_sms([sms_message(f"p{n}", (f"a{n}",), recipient=BOB) for n in range(20)], at=100.0)
+        for n in range(20):
+            store.record_sms_status(f"SM-gone-{n}", "delivered", None, 100.0 + n)
+        store.mark_resolved([f"a{n}" for n in range(20)], at=105.0)
+        gone = store.prune(updated_before=110.0, max_alerts=6, groups_finished_before=112.0)
+        seen_after.append((
+            gone, store.alerts(limit=100), store.notifications(), store.load_groups(0.0), store.load_threads(0.0),
+            store.recent_sms(limit=100), store.counts(), store.resolved_among([f"a{n}" for n in range(20)]),
+            [m.id for m in store.schedule_sms([sms_message("again", [f"a{n}" for n in range(20)])], at=200.0)],
+        ))
+    assert seen_after[0] == seen_after[1]
+    assert seen_after[1][0] == 14 and seen_after[1][6]["alerts"] == 6
+    stores[1].close()
+
+
+# Opens the Redis store, says so, waits for the word, then schedules overlapping occurrences for two recipients
+# (walking them forwards or backwards) and prints how many pairs it added.
+REDIS_SCHEDULER = textwrap.dedent("""
+    import sys
+    from rcwebhook.store import SmsAlert, SmsMessage
+    from rcwebhook.store.redis import RedisStore
+
+    url, prefix, name, rounds, backwards = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "backwards"
+    store = RedisStore(url, prefix=prefix, timeout_seconds=5)
+    store.counts()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    added = 0
+    for n in reversed(range(rounds)) if backwards else range(rounds):
+        messages = [SmsMessage(id=f"{name}-{n}-{recipient}", destination="oncall", recipient=recipient, kind="alert",
+                               alerts=tuple(SmsAlert(f"a{n + k}", "fp", "DiskFull", {}, {}) for k in range(3)),
+                               status="pending", created_at=n, due_at=n, next_attempt_at=n, updated_at=n)
+                    for recipient in ("+15550000001", "+15550000002")]
+        added += sum(len(message.alerts) for message in store.schedule_sms(messages, float(n)))
+    store.close()
+    print(added, flush=True)
+""")
+
+
+def test_two_processes_scheduling_the_same_occurrences_on_redis_add_each_once(redis_server):
+    prefix, rounds = f"test-{uuid.uuid4().hex[:12]}:", 300
+    children = [subprocess.Popen([sys.executable, "-c", REDIS_SCHEDULER, redis_server.url, prefix, name, str(rounds),
+                                  name], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+                for name in ("forwards", "backwards")]  # they meet in the middle
+    try:
+        for child in children:
+            assert child.stdout.readline() == "ready\n", child.communicate(timeout=30)[1]
+        for child in children:  # both are connected: go at once
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        outputs = [child.communicate(timeout=60) for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert [child.returncode for child in children] == [0, 0], [error for _, error in outputs]
+    store = redis_store(redis_server, prefix=prefix)
+    pairs = [(m.recipient, alert.id) for m in store.recent_sms(limit=10_000) for alert in m.alerts]
+    store.close()
+    assert len(pairs) == len(set(pairs)) == 2 * (rounds + 2)
+    assert sum(int(out) for out, _ in outputs) == len(pairs)
+    assert all(int(out) > 0 for out, _ in outputs)  # both took part
+
+
+def test_a_forked_process_opens_connections_of_its_own(redis_server):
+    store = redis_store(redis_server)
+    write(store, alerts=[seen("parent")])
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports by its exit status only
+        code = 1
+        try:
+            write(store, alerts=[seen("child")])
+            code = 0 if store.counts()["alerts"] == 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    write(store, alerts=[seen("parent-again")])
+    assert sorted(r.id for r in store.alerts()) == ["child", "parent", "parent-again"]
+    store.close()
+
+
+def test_a_relay_without_redis_never_imports_redis_py(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        import rcwebhook.app, rcwebhook.cli, rcwebhook.journal
+        from rcwebhook.store import open_store
+        open_store("memory://").close()
+        open_store("sqlite:///" + sys.argv[1]).close()
+        loaded = sorted(name for name in sys.modules if name == "redis" or name.startswith(("redis.", "rcwebhook.store.redis")))
+        print(loaded)
+    """)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state.sqlite3")], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_status_pages_queries_read_indexes_not_every_record(redis_server):
+    """The status page asks for the firing alerts, the resolved ones and the latest notifications on every view."""
+    store = redis_store(redis_server)
+    for start in range(0, 20_000, 2000):
+        write(store, alerts=[seen(f"a{n}", float(n), status="resolved" if n % 4 == 0 else "firing",
+                                  severity=("critical", "warning", "info")[n % 3]) for n in range(start, start + 2000)],
+              notifications=[notification(f"n{n}", float(n)) for n in range(start, start + 2000, 10)])
+    assert store.counts()["alerts"] == 20_000
+
+    def fastest(call):
+        times = []
+        for _ in range(5):
+            started = time.monotonic()
+            result = call()
+            times.append(time.monotonic() - started)
+        return min(times), result
+
+    firing_time, firing = fastest(lambda: store.alerts(status="firing", limit=200))
+    resolved_time, resolved = fastest(lambda: store.alerts(status="resolved", limit=50, newest_by="resolved_at"))
+    notifications_time, notifications = fastest(lambda: store.notifications(limit=25))
+    filtered_time, filtered = fastest(lambda: store.alerts(severity="info", status="firing", limit=100))
+    assert [r.id for r in firing[:2]] == ["a19999", "a19998"] and len(firing) == 200
+    assert [r.id for r in resolved[:2]] == ["a19996", "a19992"] and notifications[0].id == "n19990"
+    assert len(filtered) == 100 and all(r.severity == "info" and r.status == "firing" for r in filtered)
+    timings = {"firing": firing_time, "resolved": resolved_time, "notifications": notifications_time,
+               "filtered": filtered_time}
+    print(f"status page queries on 20,000 alerts: { {name: f'{t * 1000:.1f} ms' for name, t in timings.items()} }")
+    assert max(timings.values()) < 0.2, timings
+    store.close()
+
+
+def test_check_asks_redis_now(redis_servers):
+    server = redis_servers()
+    store = redis_store(server, timeout_seconds=0.5)
+    store.check()
+    server.stop()
+    with pytest.raises(StoreError, match=rf"^redis at 127\.0\.0\.1:{server.port}: "):
+        store.check()
+
+
+def test_a_full_redis_refuses_a_write_whole_and_still_answers_reads(redis_servers):
+    """maxmemory with noeviction (what the README asks for): a script is refused before it starts, never half-way."""
+    server = redis_servers(args=("--maxmemory", "4mb", "--maxmemory-policy", "noeviction"))
+    store = redis_store(server)
+    per_batch, refused = 100, None
+    for number in range(500):
+        try:
+            write(store, alerts=[seen(f"a{number}-{n}", float(number), labels={"pad": "x" * 200})
+                                 for n in range(per_batch)], notifications=[notification(f"n{number}", float(number))])
+        except StoreError as error:
+            refused = error
+            break
+    assert refused is not None and "Redis is full, nothing of the call was kept" in str(refused)
+    counts = store.counts()  # reads still answer
+    assert counts["alerts"] == counts["notifications"] * per_batch == number * per_batch
+    with pytest.raises(StoreError, match="Redis is full"):
+        store.schedule_sms([sms_message("s1")], at=100.0)
+    assert store.prune(updated_before=1e12, max_alerts=0, groups_finished_before=0.0) == number * per_batch
+    assert [m.id for m in store.schedule_sms([sms_message("s1")], at=100.0)] == ["s1"]  # room again
+    store.close()
+
+
+# Writes batches as fast as it can and prints the number of each batch once Redis has it.
+REDIS_WRITER = textwrap.dedent("""
+    import sys
+    from rcwebhook.store import AlertSeen, NotificationRecord, WriteBatch
+    from rcwebhook.store.redis import RedisStore
+
+    url, prefix, per_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store = RedisStore(url, prefix=prefix, timeout_seconds=5)
+    number = 0
+    while True:
+        ids = [f"{number}-{n}" for n in range(per_batch)]
+        store.write(WriteBatch(
+            alerts=[AlertSeen(id=i, fingerprint=i, starts_at="2024-05-01T10:00:00Z", ends_at="", alertname="Load",
+                              status="firing", severity="warning", integration="rc",
+                              labels={"instance": i, "pad": "x" * 200}, annotations={}, received_at=float(number))
+                    for i in ids],
+            notifications=[NotificationRecord(id=str(number), request_id="r", integration="rc", group_key="g",
+                                              receiver="team", firing=per_batch, resolved=0, status_code=200, ms=1.0,
+                                              received=float(number))],
+        ))
+        print(number, flush=True)
+        number += 1
+""")
+
+
+def test_a_writer_killed_mid_write_leaves_every_batch_whole(redis_server):
+    prefix, per_batch, committed = f"test-{uuid.uuid4().hex[:12]}:", 300, 0
+    for round_number in range(3):
+        child = subprocess.Popen([sys.executable, "-c", REDIS_WRITER, redis_server.url, prefix, str(per_batch)],
+                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(2 + 3 * round_number):  # a varying number of batches, then killed while sending one
+                line = child.stdout.readline()
+                assert line, child.communicate(timeout=10)[1]
+            child.send_signal(signal.SIGKILL)
+            child.communicate(timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert child.returncode == -signal.SIGKILL
+        store = redis_store(redis_server, prefix=prefix)
+        counts = store.counts()
+        store.close()
+        # Every batch it reported is there (batch numbers restart each round: the same ids again are upserts); one
+        # it was sending when killed is all in or all out.
+        assert counts["alerts"] % per_batch == 0 and counts["alerts"] == counts["notifications"] * per_batch
+        assert counts["alerts"] >= max(committed, (int(line) + 1) * per_batch)
+        committed = counts["alerts"]
+
+
+def test_rediss_speaks_tls_checks_the_certificate_and_keeps_its_timeout(redis_servers):
+    from rcwebhook.store.redis import RedisStore
+
+    server = redis_servers(tls=True, password="tls-pass")
+    store = redis_store(server, timeout_seconds=0.5)
+    fill(store)
+    assert store.counts()["alerts"] == 2 and store.description.startswith("rediss://:<redacted>@127.0.0.1:")
+    with pytest.raises(StoreError, match="certificate verify failed"):  # not the CA the URL names: refused
+        RedisStore(f"rediss://:tls-pass@127.0.0.1:{server.port}/0", prefix="x:").counts()
+    server.freeze()
+    try:
+        for call in (store.counts, lambda: redis_store(server, timeout_seconds=0.5).counts()):  # a new one: handshake
+            started = time.monotonic()
+            with pytest.raises(StoreError, match=r"no answer within 0\.5 s$"):
+                call()
+            assert time.monotonic() - started < 1.0
+    finally:
+        server.thaw()
+    assert store.alert("a1") is not None
     store.close()

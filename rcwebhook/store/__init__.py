@@ -300,10 +300,14 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str) -> Store:
-    """The backend the URL names; StoreError when it cannot be opened (a bad path, a read-only directory).
+def open_store(url: str, *, prefix: str = "rcwebhook:", timeout_seconds: float = 0.5) -> Store:
+    """The backend the URL names; StoreError when it cannot be opened (a bad path, a read-only directory, a redis://
+    URL that cannot be read).
 
-    Opening checks that the store can be written now (SQLite: creates the schema in a transaction)."""
+    Opening checks that the store can be written now (SQLite: creates the schema in a transaction), except Redis:
+    one that does not answer yet is not an error here (each call raises StoreError until it does; RedisStore.check()
+    asks now). prefix (STATE_PREFIX) and timeout_seconds (STATE_TIMEOUT_SECONDS, each call's bound) are Redis' only;
+    redis-py is imported only for a redis:// or rediss:// URL."""
     if url == "memory://" or url == "memory:":
         from .memory import MemoryStore
 
@@ -312,4 +316,8 @@ def open_store(url: str) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore(url[len("sqlite:///"):])
-    raise StoreError(f"unknown store URL scheme in {url!r}: use sqlite:///<path> or memory://")
+    if url.startswith(("redis://", "rediss://")):
+        from .redis import RedisStore
+
+        return RedisStore(url, prefix=prefix, timeout_seconds=timeout_seconds)
+    raise StoreError(f"unknown store URL scheme in {url!r}: use sqlite:///<path>, redis://host:6379/0 or memory://")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real programs that tests/e2e and tests/test_deploy_files.py run (the browser tests' headless Chromium
-# and its driver too), with Debian's packages, when they are missing and this runs as root (as CI does). Otherwise it
-# says what is missing and how to install it; the tests then skip (or fail, under REQUIRE_E2E=1).
+# and its driver too, and the redis-server that tests/redis_server.py starts for the Redis store's tests), with
+# Debian's packages, when they are missing and this runs as root (as CI does). Otherwise it says what is missing and
+# how to install it; the tests then skip (or fail, under REQUIRE_E2E=1).
 set -euo pipefail
 
 # program -> Debian package that ships it
@@ -14,9 +15,10 @@ declare -A PACKAGE_OF=(
   [systemd-analyze]=systemd
   [chromium]=chromium
   [chromedriver]=chromium-driver
+  [redis-server]=redis-server
 )
 # Daemons the packages bring, none of which may be left running by the install.
-DAEMONS=(prometheus prometheus-alertmanager prometheus-node-exporter)
+DAEMONS=(prometheus prometheus-alertmanager prometheus-node-exporter redis-server)
 
 missing_packages() {
   local program
@@ -32,7 +34,7 @@ fi
 hint="apt-get install --no-install-recommends ${packages[*]}"
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-tools: missing ${packages[*]}; not root, so not installing. Run: sudo $hint" >&2
-  echo "install-tools: until then the end-to-end, browser and deploy-file tests skip" \
+  echo "install-tools: until then the end-to-end, browser, deploy-file and Redis store tests skip" \
        "(REQUIRE_E2E=1 makes that a failure)" >&2
   exit 0
 fi
@@ -53,7 +55,7 @@ fi
 cleanup() { if [ -n "$own_policy" ]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 
-echo "install-tools: installing ${packages[*]} (for tests/e2e and tests/test_deploy_files.py)" >&2
+echo "install-tools: installing ${packages[*]} (for tests/e2e, tests/test_deploy_files.py and the Redis store tests)" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
