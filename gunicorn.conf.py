@@ -16,8 +16,10 @@ load_dotenv_from_working_directory()
 # A PORT that is not a number is reported by on_starting with exit status 2; gunicorn itself would exit 1 on it.
 _port = os.environ.get("PORT", "").strip()
 bind = f"{os.environ.get('HOST', '').strip() or '0.0.0.0'}:{_port if _port.isdigit() else '8093'}"
-# One process: pacing, merging and de-duplication live in its memory, per hook URL.
-workers = 1
+# One process, unless state is shared in Redis (STATE_URL=redis://…, issue 12): pacing and de-duplication live in
+# its memory, per hook URL. WORKERS asks for more; on_starting refuses more than 1 without Redis, however asked.
+_workers = os.environ.get("WORKERS", "").strip()
+workers = int(_workers) if _workers.isdigit() and int(_workers) > 0 else 1
 # gthread with an event loop that reads each request whole before a thread gets it: a client that sends slowly,
 # or connects and sends nothing, holds no thread and is closed after REQUEST_READ_TIMEOUT_SECONDS. The class, not
 # its dotted name "rcwebhook.server.BufferedThreadWorker" (which works too, e.g. for --worker-class): gunicorn's
@@ -53,14 +55,16 @@ def _fail(message):
 
 def on_starting(server):
     """Check the configuration once in the master, so a bad setting exits 2 instead of respawning workers."""
-    if server.cfg.workers != 1:
-        _fail(
-            f"{server.cfg.workers} worker processes asked for (-w/--workers or GUNICORN_CMD_ARGS); run exactly 1: pacing to "
-            "Rocket.Chat's rate limit and de-duplication live in one process's memory (use threads to scale)"
-        )
+    if _workers and not (_workers.isdigit() and int(_workers) > 0):
+        _fail(f"WORKERS must be a whole number of at least 1, got {_workers!r}")
     try:
         # The routes file too: a worker that failed to boot on it would halt gunicorn with its own status, not 2.
         config = load_config(os.environ)
+        if server.cfg.workers != 1 and not config.state_is_shared:
+            raise ConfigError(
+                f"{server.cfg.workers} worker processes asked for (-w/--workers, GUNICORN_CMD_ARGS or WORKERS); with "
+                "STATE_URL on SQLite or memory run exactly 1: pacing to Rocket.Chat's rate limit and de-duplication "
+                "live in one process's memory (use threads to scale, or STATE_URL=redis://… for several)")
         load_route_table(config, os.environ)
         # A STATE_URL someone set must be usable (a default that is not falls back to memory:// in the worker).
         if not config.state_url_is_default:

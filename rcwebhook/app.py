@@ -28,6 +28,7 @@ from .relay import Answer, Relay
 from .reload import RouteReloader
 from .routes import DEFAULT_INTEGRATION
 from .routes_file import load_route_table
+from .shared import open_coordination
 from .status import StatusView
 from .web.access import StatusAccess, authorization_secrets
 from .web.api import api_blueprint
@@ -136,14 +137,29 @@ def create_app(
     )
     # State: the journal's store, written behind delivery by the event thread; the live feed follows it.
     store, fallback_reason = open_state(config)
+    # Replicas on Redis (shared.py): the shared budget, leases, claims, the live feed across processes.
+    coordination = open_coordination(config, store)
+    if coordination.shared:
+        store.on_down = coordination.report_down
     journal = Journal(store, config, metrics, fallback_reason=fallback_reason)
     events = EventBus(on_dropped=metrics.events_dropped.inc)
-    feed = LiveFeed(config.max_live_clients, metrics)
+    feed = LiveFeed(config.max_live_clients, metrics,
+                    publish=coordination.publish_live if coordination.shared else None)
     events.subscribe(journal.on_events)  # first: a live client reacting to an event finds it in the journal
     events.subscribe(feed.on_events)
-    app.extensions.update({"rcwebhook.journal": journal, "rcwebhook.events": events, "rcwebhook.live": feed})
+    app.extensions.update({"rcwebhook.journal": journal, "rcwebhook.events": events, "rcwebhook.live": feed,
+                           "rcwebhook.coordination": coordination})
     dispatcher = Dispatcher(channel, list(table.hooks.values()), config, metrics=metrics, publish=events.publish,
-                            remembered_groups=journal.load_groups, remembered_threads=journal.load_threads)
+                            remembered_groups=journal.load_groups, remembered_threads=journal.load_threads,
+                            coordination=coordination, threads_since=journal.threads_since)
+    if coordination.shared:
+        def on_shared_state(up: bool) -> None:
+            metrics.state_backend_up.set(1 if up else 0)
+            store.set_up(up)
+            dispatcher.on_shared_state(up)
+
+        coordination.on_change = on_shared_state
+        coordination.start(on_live=feed.offer)
     dispatcher.start()  # reads the de-duplication memory back first
     events.start()
     app.extensions["rcwebhook.dispatcher"] = dispatcher
@@ -153,7 +169,8 @@ def create_app(
         if isinstance(channel.client, RocketChatClient):
             channel.client.redactor.add(secret)
 
-    escalation, sms_worker = _sms_escalation(config, store, metrics, lambda: relay.table.sms_destinations)
+    escalation, sms_worker = _sms_escalation(config, store, metrics, lambda: relay.table.sms_destinations,
+                                             coordination)
     relay = Relay(table, dispatcher, config, metrics, on_new_secret=add_secret, publish=events.publish,
                   escalation=escalation)
     app.extensions["rcwebhook.relay"] = relay
@@ -284,7 +301,7 @@ def create_app(
     return app
 
 
-def _sms_escalation(config, store, metrics: Metrics, destinations):
+def _sms_escalation(config, store, metrics: Metrics, destinations, coordination):
     """The SMS escalation and its worker when Twilio is configured, else (None, None)."""
     if config.twilio is None:
         return None, None
@@ -300,9 +317,25 @@ def _sms_escalation(config, store, metrics: Metrics, destinations):
         AlertmanagerSilences(config.alertmanager_token, token_url=config.alertmanager_url), metrics, destinations=destinations,
         max_per_day=config.sms_max_per_day, status_callback_url=config.sms_status_callback_url,
         alertmanager_url=config.alertmanager_url, on_scheduled=lambda: holder[0].wake() if holder else None,
+        claim_message=_sms_claim(coordination),
     )
     holder.append(SmsWorker(escalation))
     return escalation, holder[0]
+
+
+def _sms_claim(coordination):
+    """With replicas, one process decides each due SMS: a lease per message (no second SMS from a second process)."""
+    if not coordination.shared:
+        return lambda sms_id: True
+    from .shared import Unavailable
+    from .sms.escalation import SEND_CLAIM_SECONDS
+
+    def claim(sms_id: str) -> bool:
+        try:
+            return coordination.take_lease(f"sms-{sms_id}", SEND_CLAIM_SECONDS) == 0
+        except Unavailable:
+            return True  # alone for now: paging errs toward the phone
+    return claim
 
 
 def _announce_sms(config, table) -> None:
@@ -326,4 +359,5 @@ def shutdown(app: Flask, drain_seconds: float) -> None:
         # Longer than one send can take, so the store is not closed under a send whose outcome is being saved.
         app.extensions["rcwebhook.sms_worker"].stop(timeout_seconds=SMS_STOP_SECONDS)
     app.extensions["rcwebhook.events"].stop()
+    app.extensions["rcwebhook.coordination"].stop()
     app.extensions["rcwebhook.journal"].store.close()

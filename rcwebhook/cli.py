@@ -90,10 +90,28 @@ def describe_state(config) -> str:
             "or STATE_DIRECTORY to a writable place")
 
 
+def describe_redis(config) -> tuple[str, bool]:
+    """Whether the Redis of STATE_URL answers now (its password never shown)."""
+    from .config import redacted_state_url
+    from .store import StoreError, open_store
+
+    shown = redacted_state_url(config.state_url)
+    try:
+        store = open_store(config.state_url, prefix=config.state_prefix, timeout_seconds=config.state_timeout_seconds)
+        try:
+            store.counts()
+        finally:
+            store.close()
+    except StoreError as error:
+        return (f"state: {shown} does NOT answer ({error}): the relay would start, each process on its own memory, "
+                "until it does"), False
+    return f"state: {shown} answers (prefix {config.state_prefix!r}, shared by every process using it)", True
+
+
 def check_config() -> int:
     config, table = load_environment_config()
-    state = describe_state(config)
-    print("configuration OK")
+    state, redis_answers = describe_redis(config) if config.state_is_shared else (describe_state(config), True)
+    print("configuration OK" if redis_answers else "configuration OK, but Redis does not answer")
     for line in table.describe():
         print(f"  {line}")
     print("settings:")
@@ -105,7 +123,7 @@ def check_config() -> int:
     print(f"  listen: {config.host}:{config.port}; log level {config.log_level}, format {config.log_format}")
     print(f"  {state}")
     print(f"  {describe_sms(config, table)}")
-    return 0
+    return 0 if redis_answers else INPUT_ERROR_EXIT_STATUS  # 1: not a configuration error (2), Redis is down
 
 
 def describe_sms(config, table) -> str:

@@ -38,6 +38,10 @@ DEFAULT_STALE_AFTER_HOURS = 6.0
 DEFAULT_STATE_RETENTION_DAYS = 7.0
 DEFAULT_STATE_MAX_ALERTS = 100_000
 DEFAULT_MAX_LIVE_CLIENTS = 32
+DEFAULT_STATE_PREFIX = "rcwebhook:"
+DEFAULT_STATE_LEASE_SECONDS = 10.0  # a dead holder's hook is taken over this long after its last renewal
+DEFAULT_STATE_TIMEOUT_SECONDS = 0.5  # each Store call to Redis, at most: a hung Redis costs a request no more
+DEFAULT_EXPECTED_PROCESSES = 2  # replicas × workers: each paces at the budget divided by this while Redis is gone
 DEFAULT_STATE_FILE_NAME = "rocketchat-webhook.sqlite3"  # in the working directory, without STATE_DIRECTORY
 STATE_DIRECTORY_FILE_NAME = "state.sqlite3"
 
@@ -110,6 +114,16 @@ class Config:
     state_max_alerts: int = DEFAULT_STATE_MAX_ALERTS
     status_token: str = field(default="", repr=False)
     max_live_clients: int = DEFAULT_MAX_LIVE_CLIENTS
+    # Replicas on Redis (issue 12): key prefix, hook lease, per-call timeout, processes sharing the budget.
+    state_prefix: str = DEFAULT_STATE_PREFIX
+    state_lease_seconds: float = DEFAULT_STATE_LEASE_SECONDS
+    state_timeout_seconds: float = DEFAULT_STATE_TIMEOUT_SECONDS
+    expected_processes: int = DEFAULT_EXPECTED_PROCESSES
+
+    @property
+    def state_is_shared(self) -> bool:
+        """State in Redis: several processes (replicas, gunicorn workers) may share it."""
+        return self.state_url.startswith(("redis://", "rediss://"))
     rocketchat_threads: bool = False  # ROCKETCHAT_THREADS: resolved alerts and reminders reply in threads
     # SMS escalation (issue 11): Twilio's credentials, and the environment's SMS destination (without a routes file)
     twilio: TwilioCredentials | None = field(default=None, repr=False)
@@ -138,6 +152,7 @@ class Config:
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in a log line, an answer or an error."""
         values = [self.webhook_token, self.metrics_token, self.webhook_token_previous, self.status_token,
+                  *(secret_parts_of_url(self.state_url) if self.state_is_shared else ()),
                   self.alertmanager_token, *(self.twilio.secrets if self.twilio else ())]
         for destination in self.destinations:
             values.extend(secret_parts_of_url(destination.url))
@@ -389,9 +404,43 @@ def _state_url(environ: Mapping[str, str]) -> tuple[str, bool]:
         return "memory://", False
     if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         return url, False
+    if url.startswith(("redis://", "rediss://")):
+        _check_redis_url(url)
+        return url, False
     raise ConfigError(
-        "STATE_URL must be sqlite:///<path> (sqlite:////var/lib/x/state.sqlite3 for an absolute path) or memory://"
+        "STATE_URL must be sqlite:///<path> (sqlite:////var/lib/x/state.sqlite3 for an absolute path), "
+        "redis://[:password@]host[:port][/db] (rediss:// for TLS) or memory://"
     )
+
+
+def _check_redis_url(url: str) -> None:
+    """A redis:// URL redis-py can use; the message never shows it (it may hold a password)."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 - urllib checks the port only when asked
+    except ValueError:
+        raise ConfigError("STATE_URL is not a redis:// URL that can be read (value not shown: it may hold a "
+                          "password)") from None
+    if not parsed.hostname:
+        raise ConfigError("STATE_URL needs a host: redis://host:6379/0 (value not shown: it may hold a password)")
+    database = parsed.path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigError("STATE_URL's path must be a database number such as /0 (value not shown)")
+
+
+def redacted_state_url(url: str) -> str:
+    """The state URL as logs, --check-config and the status page show it: a redis:// password replaced."""
+    if not url.startswith(("redis://", "rediss://")):
+        return url
+    parsed = urllib.parse.urlsplit(url)
+    host = parsed.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    credentials = ""
+    if parsed.username or parsed.password:
+        credentials = (parsed.username or "") + (":<redacted>" if parsed.password else "") + "@"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{credentials}{host}{port}{parsed.path}"
 
 
 def _state_settings(environ: Mapping[str, str]) -> dict:
@@ -407,10 +456,25 @@ def _state_settings(environ: Mapping[str, str]) -> dict:
         ),
         state_max_alerts=int(_number(environ, "STATE_MAX_ALERTS", DEFAULT_STATE_MAX_ALERTS, integer=True, minimum=1)),
         status_token=_read_setting(environ, "STATUS_TOKEN"),
+        state_prefix=_state_prefix(environ),
+        state_lease_seconds=_number(environ, "STATE_LEASE_SECONDS", DEFAULT_STATE_LEASE_SECONDS, integer=False,
+                                    minimum=1),
+        state_timeout_seconds=_number(environ, "STATE_TIMEOUT_SECONDS", DEFAULT_STATE_TIMEOUT_SECONDS,
+                                      integer=False, minimum=0.05),
+        expected_processes=int(_number(environ, "EXPECTED_PROCESSES", DEFAULT_EXPECTED_PROCESSES, integer=True,
+                                       minimum=1)),
         max_live_clients=int(
             _number(environ, "MAX_LIVE_CLIENTS", DEFAULT_MAX_LIVE_CLIENTS, integer=True, minimum=0)
         ),
     )
+
+
+def _state_prefix(environ: Mapping[str, str]) -> str:
+    prefix = environ.get("STATE_PREFIX", "").strip() or DEFAULT_STATE_PREFIX
+    # Keys carry {…} hash tags of their own (Redis Cluster): a brace in the prefix would break them.
+    if len(prefix) > 64 or any(character in prefix for character in "{} \t\n"):
+        raise ConfigError("STATE_PREFIX must be at most 64 characters without braces or spaces, e.g. rcwebhook:")
+    return prefix
 
 
 def _boolean(environ: Mapping[str, str], name: str) -> bool:

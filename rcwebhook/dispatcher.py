@@ -17,6 +17,8 @@ from .hookqueue import Batch, FinishedGroup, Hook, HookQueue, Job, JobState, Par
 from .metrics import Metrics
 from .model import FIRING, Notification
 from .outcome import Outcome, PostResult
+from .pacing import RateLimit
+from .shared import LocalCoordination, Unavailable
 from .store import GroupMemory
 from .threads import ThreadIndex, ThreadMessage, occurrence_ids, parts_of, split_layout
 
@@ -33,6 +35,14 @@ MIN_EXCHANGE_SECONDS = 0.5
 INTERNAL_ERROR_PAUSE_SECONDS = 0.1
 INTERNAL_ERROR_PAUSE_CAP_SECONDS = 5.0
 UNHEALTHY_AFTER_INTERNAL_ERRORS = 5
+
+
+# Replicas: how often the claims other processes hold are looked at (a copy's answer waits at most this long more),
+# and how soon a hook's lease held by another process is asked for again.
+CLAIM_POLL_SECONDS = 0.1
+LEASE_POLL_SECONDS = 0.1
+THREADS_FOLLOW_SECONDS = 2.0
+GATE = object()  # _next_batch: a post is due, but the lease and the shared budget must be asked for first
 
 
 def hook_key(url: str) -> str:
@@ -78,8 +88,17 @@ class Dispatcher:
         wall_clock: Callable[[], float] = time.time,
         remembered_groups: Callable[[], Iterable[GroupMemory]] = lambda: (),
         remembered_threads: Callable[[], Iterable[ThreadMessage]] = lambda: (),
+        coordination=None,
+        threads_since: Callable[[float], Iterable[ThreadMessage]] = lambda since: (),
     ):
+        # Replicas: the thread messages other processes announced since a time (read from the shared Store).
+        self.threads_since = threads_since
+        self.threads_read_at = 0.0
         self.channel = channel
+        # Replicas (shared.py): the shared budget, the hook's lease and claims on notifications; alone, a no-op.
+        self.coordination = coordination if coordination is not None else LocalCoordination()
+        self.remote_waits: list[tuple[HookQueue, Job]] = []  # jobs another process posts, waited for here
+        self.next_claim_renewal_at = 0.0
         self.publish = publish  # events for the journal and the live feed; never blocks
         self.wall_clock = wall_clock
         # The de-duplication memory in the Store, read back each time the workers start in a new process (gunicorn
@@ -118,14 +137,16 @@ class Dispatcher:
                     # After a reload: maybe a new name or rate limit; the same URL keeps its queue, attempts and
                     # memory.
                     queue.destination = hook
-                    queue.budget.limit = rate_limit
+                    queue.full_rate_limit = rate_limit
+                    queue.budget.limit = self._local_limit(rate_limit)
                     queue.on_group_forgotten = self.metrics.groups_forgotten.labels(hook.name).inc
                     continue
                 self.queues[hook.url] = HookQueue(
-                    hook, rate_limit, self.config.dedup_window_seconds,
+                    hook, self._local_limit(rate_limit), self.config.dedup_window_seconds,
                     max_tracked_groups=self.config.max_tracked_groups,
                     on_group_forgotten=self.metrics.groups_forgotten.labels(hook.name).inc,
                 )
+                self.queues[hook.url].full_rate_limit = rate_limit
                 self.internal_errors_in_a_row[hook.url] = 0
                 if self.running and self.started_in_pid == os.getpid():
                     self._start_worker(hook.url)
@@ -182,6 +203,9 @@ class Dispatcher:
             self._restore_threads()
             for url in self.queues:
                 self._start_worker(url)
+            if self.coordination.shared:
+                self.coordination.start()
+                threading.Thread(target=self._watch_claims, name="claims", daemon=True).start()
         return self
 
     def _start_worker(self, url: str) -> None:
@@ -269,15 +293,164 @@ class Dispatcher:
                 )
                 queue = self.queues[part.hook.url]
                 queued, joined = queue.submit(job, now)
-                if joined:
+                elsewhere = not joined and queued is job and self._claim_elsewhere(queue, job, now)
+                if joined or elsewhere:
                     self.metrics.deduplicated.labels(queue.destination.name).inc()
-                else:
+                if not joined and not job.finished:  # queued here, or waiting for another process's outcome
                     self.queued_bytes += share_bytes
+                joined = joined or elsewhere
                 self.metrics.queued.labels(queue.destination.name).set(queue.pending_count)
                 submission.jobs.append(queued)
                 submission.joined.append(joined)
             self.condition.notify_all()
         return submission
+
+    # -- replicas ------------------------------------------------------------------------------------------------
+
+    def _local_limit(self, rate_limit):
+        """The budget this process paces at alone: all of it, unless Redis is gone and the processes that share it
+        must each keep to their share (EXPECTED_PROCESSES) to stay under Rocket.Chat's limit together."""
+        if not self.coordination.shared or self.coordination.up or not rate_limit.enabled:
+            return rate_limit
+        return RateLimit(max(1, rate_limit.count // self.config.expected_processes), rate_limit.window_seconds)
+
+    def on_shared_state(self, up: bool) -> None:
+        """Redis went or came back: each hook's local budget follows."""
+        with self.condition:
+            for queue in self.queues.values():
+                queue.budget.limit = self._local_limit(queue.full_rate_limit)
+                queue.shared_gate_open = False
+            self.condition.notify_all()
+
+    @staticmethod
+    def _claim_key(job: Job) -> tuple[str, bytes, bytes]:
+        return hook_key(job.destination.url), job.group_id, job.dedup_key
+
+    def _claim_elsewhere(self, queue: HookQueue, job: Job, now: float) -> bool:
+        """With replicas: True when another process already has this notification (the job then waits for its
+        outcome, or carries it); False when this process posts it. Without Redis: False."""
+        if not self.coordination.shared or not self.coordination.up or job.dedup_key is None or job.group_id is None:
+            return False
+        try:
+            [claim] = self.coordination.claim([self._claim_key(job)], self._claim_seconds)
+        except Unavailable:
+            return False  # alone for now: at worst one copy is posted twice, as at-least-once allows
+        if claim.ours:
+            return False
+        queue.withdraw(job)
+        if claim.finished:
+            queue.finish_elsewhere(job, claim.state, claim.status, claim.reason, now)
+        else:
+            self.remote_waits.append((queue, job))
+        return True
+
+    @property
+    def _claim_seconds(self) -> float:
+        return self.config.state_lease_seconds
+
+    def _watch_claims(self) -> None:
+        """Follow the notifications other processes post (their outcome answers our copies), take over those whose
+        holder died (its claim expired), and renew our own claims while they wait in our queues."""
+        while self.running:
+            try:
+                self._watch_claims_once()
+            except Unavailable:
+                pass
+            except Exception:  # noqa: BLE001 - the watcher must outlive a bug of ours
+                logger.exception("internal error following other processes' notifications; it goes on")
+            time.sleep(CLAIM_POLL_SECONDS)
+
+    def _watch_claims_once(self) -> None:
+        coordination = self.coordination
+        if not coordination.up:
+            with self.condition:  # Redis is gone: post what we waited for ourselves (at-least-once)
+                for queue, job in self.remote_waits:
+                    if not job.finished:
+                        queue.waiting.append(job)
+                self.remote_waits = []
+                self.condition.notify_all()
+            return
+        with self.condition:
+            waits = [(queue, job) for queue, job in self.remote_waits if not job.finished]
+        if waits:
+            claims = coordination.look([self._claim_key(job) for _, job in waits])
+            gone = [(queue, job) for (queue, job), claim in zip(waits, claims) if claim is None]
+            retaken = coordination.claim([self._claim_key(job) for _, job in gone], self._claim_seconds)
+            now = self.clock()
+            with self.condition:
+                for (queue, job), claim in zip(waits, claims):
+                    if claim is not None and claim.finished:
+                        queue.finish_elsewhere(job, claim.state, claim.status, claim.reason, now)
+                        self.queued_bytes -= job.size_bytes
+                for (queue, job), claim in zip(gone, retaken):
+                    if claim.ours:  # its holder died: post it here (its bytes are counted already)
+                        logger.warning("a notification another process had taken (group %r) is posted here: that "
+                                       "process stopped renewing its claim", job.notification.group_key[:200])
+                        queue.waiting.append(job)
+                    elif claim.finished:
+                        queue.finish_elsewhere(job, claim.state, claim.status, claim.reason, now)
+                        self.queued_bytes -= job.size_bytes
+                self.remote_waits = [(queue, job) for queue, job in self.remote_waits
+                                     if not job.finished and job not in queue.waiting]
+                self.condition.notify_all()
+        self._follow_threads()
+        now = self.clock()
+        if now >= self.next_claim_renewal_at:
+            self.next_claim_renewal_at = now + self._claim_seconds / 3
+            with self.condition:
+                ours = [self._claim_key(job) for queue in self.queues.values() for job in queue.pending_jobs()
+                        if job.group_id is not None and job.dedup_key is not None]
+            coordination.renew_claims(ours, self._claim_seconds)
+
+    def _follow_threads(self) -> None:
+        """With replicas and threads: the threads other processes announced, every THREADS_FOLLOW_SECONDS (the
+        journal writes them a moment behind their post), so a resolved alert replies in them here too."""
+        wall_now = self.wall_clock()
+        if wall_now - self.threads_read_at < THREADS_FOLLOW_SECONDS:
+            return
+        if not any(getattr(queue.destination, "threads", False) for queue in self.queues.values()):
+            return
+        since, self.threads_read_at = self.threads_read_at - THREADS_FOLLOW_SECONDS, wall_now
+        fresh = list(self.threads_since(since if since > 0 else wall_now - 60.0))
+        with self.condition:
+            for thread in fresh:
+                self.thread_index.remember(thread.hook_key, thread.alert_id, thread.message_id)
+
+    def _finish_claims(self, finished: Sequence[Job]) -> None:
+        """Our outcome, for copies that reach other processes within the de-duplication window."""
+        if not self.coordination.shared or not self.coordination.up:
+            return
+        done = [(self._claim_key(job), job.state, job.status, job.reason) for job in finished
+                if job.group_id is not None and job.dedup_key is not None]
+        try:
+            self.coordination.finish_claims(done, self.config.dedup_window_seconds)
+        except Unavailable:
+            pass
+
+    def _pass_gate(self, queue: HookQueue) -> float:
+        """With replicas, before a post: this process takes the hook's lease and one slot of the shared budget.
+        0.0 when both are ours; else how long to wait before asking again."""
+        coordination, key = self.coordination, hook_key(queue.destination.url)
+        try:
+            left = coordination.take_lease(key, self.config.state_lease_seconds)
+            if left > 0:
+                return min(left, LEASE_POLL_SECONDS)
+            limit = queue.full_rate_limit
+            if limit.enabled:
+                wait = coordination.reserve_post(key, limit.count, limit.window_seconds)
+                if wait > 0:
+                    coordination.release_lease(key)
+                    return wait
+        except Unavailable:
+            return 0.0  # on our own share of the budget until Redis answers again
+        return 0.0
+
+    def _release_gate(self, queue: HookQueue) -> None:
+        if self.coordination.shared and self.coordination.up:
+            try:
+                self.coordination.release_lease(hook_key(queue.destination.url))
+            except Unavailable:
+                pass
 
     def _threaded(self, notification: Notification, part: Part, now: float) -> list[Part]:
         """On a hook with threads, the part split into a channel part and replies (threads.py); else the part.
@@ -361,6 +534,9 @@ class Dispatcher:
                 if due is None:
                     self.internal_errors_in_a_row[queue.destination.url] = 0  # nothing to do, and nothing failing
                 if due is not None and due <= now:
+                    if self.coordination.shared and self.coordination.up and not queue.shared_gate_open:
+                        return GATE  # the lease and the shared budget are asked outside the lock
+                    queue.shared_gate_open = False
                     if held_since is not None:
                         self.metrics.rate_limit_wait.labels(queue.destination.name).inc(now - held_since)
                     return queue.take_batch(now)
@@ -444,6 +620,14 @@ class Dispatcher:
         batch = self._next_batch(queue)
         if batch is None:
             return False
+        if batch is GATE:
+            wait = self._pass_gate(queue)
+            with self.condition:
+                if wait > 0:
+                    queue.budget.block_until(self.clock() + wait)  # another process posts, or the budget is spent
+                else:
+                    queue.shared_gate_open = True
+            return True
         result = None
         started = self.clock()
         is_retry = queue.consecutive_failures > 0
@@ -481,6 +665,8 @@ class Dispatcher:
             announced = self._remember_threads(queue, batch, result)
             self.metrics.queued.labels(name).set(queue.pending_count)
             self.condition.notify_all()
+        self._release_gate(queue)
+        self._finish_claims(finished)
         if result is not None:
             self._count_post(name, batch, result, elapsed_seconds, is_retry, finished)
             self.publish(PostFinished(

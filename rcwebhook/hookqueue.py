@@ -203,6 +203,8 @@ class HookQueue:
         self.next_forget_at = 0.0
         self.retry_at = 0.0
         self.consecutive_failures = 0
+        self.shared_gate_open = False  # replicas: this process holds the hook's lease and a slot of its budget
+        self.full_rate_limit = rate_limit  # the budget while Redis answers (it is divided while Redis is gone)
 
     # -- intake -------------------------------------------------------------------------------------------------
 
@@ -245,6 +247,23 @@ class HookQueue:
         if latest is not None and latest.dedup_key == key and not self._expired(latest, now):
             return latest
         return None
+
+    # -- replicas: a notification another process posts (shared.py) -------------------------------------------------
+
+    def withdraw(self, job: Job) -> None:
+        """Take a queued job out of the queue: another process posts it. It stays the group's latest, so a copy
+        arriving here joins it and gets the outcome that process reports."""
+        try:
+            self.waiting.remove(job)
+        except ValueError:
+            pass
+
+    def finish_elsewhere(self, job: Job, state: str, status: int | None, reason: str, now: float) -> None:
+        """Another process finished the job's notification: the job carries its outcome, remembered as ours."""
+        job.state, job.status, job.reason, job.finished_at = state, status, reason, now
+        job.done.set()
+        if job.group_id is not None and self.latest_by_group.get(job.group_id) is job:
+            self.latest_by_group[job.group_id] = FinishedGroup.of(job)
 
     def repeats_latest(self, notification: Notification, key: bytes | None, now: float) -> bool:
         """The notification, whole, is its group's latest again, within the window (it would join it)."""

@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, redacted_state_url
 from .events import AlertsReceived, NotificationAnswered, PostFinished
 from .fingerprint import alert_occurrence
 from .metrics import Metrics
@@ -37,12 +37,22 @@ def open_state(config: Config) -> tuple[Store, str]:
     """The store STATE_URL names, and "" ; or, when the default file cannot be used (a read-only file system after
     an upgrade, a pod without a volume), memory:// and why, so no running deployment breaks. A STATE_URL the user
     set that cannot be used is a ConfigError (exit 2)."""
+    if config.state_is_shared:
+        # Redis: opening does not wait for it; while it does not answer, this process's memory stands in.
+        from .store.fallback import FallbackStore
+
+        try:
+            shared = open_store(config.state_url, prefix=config.state_prefix,
+                                timeout_seconds=config.state_timeout_seconds)
+        except StoreError as error:  # opening connects to nothing: only a URL redis-py cannot use lands here
+            raise ConfigError(f"STATE_URL cannot be used: {error}") from None
+        return FallbackStore(shared), ""
     try:
         return open_store(config.state_url), ""
     except StoreError as error:
         if not config.state_url_is_default:
             cause = str(error).removeprefix(f"{config.state_url}: ")
-            raise ConfigError(f"STATE_URL={config.state_url} cannot be used: {cause}") from None
+            raise ConfigError(f"STATE_URL={redacted_state_url(config.state_url)} cannot be used: {cause}") from None
         reason = (f"the default state file {config.state_url} cannot be used ({error}); state is kept in memory "
                   "and lost at restart: set STATE_URL or STATE_DIRECTORY to a writable place")
         logger.warning("%s", reason)
@@ -275,6 +285,13 @@ class Journal:
         except StoreError as error:
             logger.error("could not read the threads' message ids back (%s): starting without them; resolved "
                          "alerts of earlier messages go to the channel", error)
+            return []
+
+    def threads_since(self, since: float) -> list:
+        """Thread messages recorded since a time (replicas follow each other's threads); [] when unreadable."""
+        try:
+            return self.store.load_threads(since)
+        except StoreError:
             return []
 
     def _read(self, read: Callable[[], object]):

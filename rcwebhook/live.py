@@ -174,8 +174,11 @@ class LiveClient:
 class LiveFeed:
     """The live clients: admitted up to max_clients, fed by on_events, closed all at once by close_all."""
 
-    def __init__(self, max_clients: int, metrics: Metrics, *, buffer_messages: int = DEFAULT_BUFFER_MESSAGES):
+    def __init__(self, max_clients: int, metrics: Metrics, *, buffer_messages: int = DEFAULT_BUFFER_MESSAGES,
+                 publish: Callable[[list[str]], None] | None = None):
         self.max_clients = max_clients
+        # Replicas: this process's messages, to the other processes' clients (shared.py); alone, none.
+        self.publish = publish
         self.metrics = metrics
         self.buffer_messages = buffer_messages
         self.lock = threading.Lock()
@@ -216,12 +219,18 @@ class LiveFeed:
     def on_events(self, batch: list) -> None:
         """The event bus's subscriber: the batch's messages to every client, never waiting for one."""
         clients = self._current()
-        if not clients:
+        if not clients and (self.publish is None or not self.max_clients):
             return
         messages = event_messages(batch)
         if not messages:
             return
-        for client in clients:
+        if self.publish is not None:
+            self.publish(messages)
+        self.offer(messages, clients)
+
+    def offer(self, messages: list[str], clients: list | None = None) -> None:
+        """Messages to every client of this process (those of another process arrive here through shared.py)."""
+        for client in clients if clients is not None else self._current():
             if not client.offer(messages):
                 self.metrics.live_clients_closed.labels("slow").inc()
 

@@ -160,6 +160,12 @@ class Metrics:
             "WebSocket clients closed by the relay, by reason (slow, full, shutdown).", ["reason"], registry=registry,
         )
 
+        self.state_backend_up = Gauge(
+            f"{PREFIX}_state_backend_up",
+            "Whether the shared state store (STATE_URL=redis://…) answers (1) or each process works on its own memory "
+            "(0); memory:// and SQLite are always 1.", registry=registry,
+        )
+        self.state_backend_up.set(1)
         # SMS escalation (issue 11). Recipients are never a label: a phone number is personal data.
         self.sms = Counter(
             f"{PREFIX}_sms_total", "SMS decisions and Twilio's answers, by outcome: " + ", ".join(SMS_OUTCOMES) + ".",

@@ -81,6 +81,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HOST", "0.0.0.0", "the address the relay listens on (development server and `gunicorn.conf.py`)",
             SERVER),
     Setting("PORT", "8093", "the port the relay listens on", SERVER),
+    Setting("WORKERS", "1", "`gunicorn.conf.py`'s worker processes: more than 1 only with `STATE_URL=redis://…` "
+            "(with SQLite or memory, more than one is refused with exit 2, however it is asked for)", SERVER,
+            read_by="gunicorn.conf.py"),
     Setting("LOG_LEVEL", "INFO", "`DEBUG`, `INFO`, `WARNING`, `ERROR`; the older `DEBUG=true` means `DEBUG` when "
             "`LOG_LEVEL` is unset", SERVER),
     Setting("LOG_FILE", "standard error", "a file to log to, re-opened when logrotate moves it", SERVER),
@@ -109,12 +112,22 @@ SETTINGS: tuple[Setting, ...] = (
             "the oldest are forgotten first (counted in `rocketchat_webhook_tracked_groups_forgotten_total`)",
             DELIVERY),
     Setting("STATE_URL", "sqlite:///rocketchat-webhook.sqlite3",
-            "where state lives (de-duplication memory, the alert journal): `sqlite:///<path>` (four slashes for an "
-            "absolute path) or `memory://` (lost at restart). Unset: `sqlite:///$STATE_DIRECTORY/state.sqlite3` "
+            "where state lives (de-duplication memory, the alert journal, SMS): `sqlite:///<path>` (four slashes for "
+            "an absolute path), `redis://[:password@]host[:port][/db]` (`rediss://` for TLS; for several replicas or "
+            "`gunicorn -w N`; keep the password out of the environment with `STATE_URL_FILE`) or `memory://` (lost "
+            "at restart). Unset: `sqlite:///$STATE_DIRECTORY/state.sqlite3` "
             "when `STATE_DIRECTORY` is set, else that file in the working directory; when the default cannot be "
             "used the relay runs on `memory://` with a WARNING, while a `STATE_URL` you set and that cannot be used "
-            "stops it (exit 2)", STATE, file=True,
+            "stops it (exit 2)", STATE, file=True, secret=True,
             example="sqlite:////var/lib/rocketchat-webhook/state.sqlite3"),
+    Setting("STATE_PREFIX", "rcwebhook:", "with Redis: the prefix of every key, so several relays can share one "
+            "Redis", STATE),
+    Setting("STATE_LEASE_SECONDS", "10", "with Redis: one process at a time posts to a hook, holding a lease it "
+            "renews while posting; a holder that dies is taken over this long after its last renewal", STATE),
+    Setting("STATE_TIMEOUT_SECONDS", "0.5", "with Redis: the longest one call to it may take; a Redis that does "
+            "not answer in time is treated as gone (each process then works on its own memory)", STATE),
+    Setting("EXPECTED_PROCESSES", "2", "with Redis: replicas × workers. While Redis is unreachable each process "
+            "paces at the budget divided by this, so that together they stay under Rocket.Chat's limit", STATE),
     Setting("STATE_DIRECTORY", "", "the directory of the default state file (systemd sets it for "
             "`StateDirectory=`; the image sets `/var/lib/rocketchat-webhook`, a volume)", STATE),
     Setting("STALE_AFTER_HOURS", "6", "a firing alert not notified again this long is shown as stale (its "

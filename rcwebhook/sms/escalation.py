@@ -91,7 +91,9 @@ class Escalation:
         wall_clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: secrets.token_hex(10),
         on_scheduled: Callable[[], None] = lambda: None,
+        claim_message: Callable[[str], bool] = lambda sms_id: True,
     ):
+        self.claim_message = claim_message  # replicas: only the process that claims a due SMS decides it
         self.store = store
         self.sender = sender
         self.silences = silences
@@ -209,6 +211,8 @@ class Escalation:
         with self._lock:
             now = self.wall_clock()
             for due in self.store.due_sms(now, limit=DUE_BATCH):
+                if not self.claim_message(due.id):
+                    continue  # another process decides it now
                 message = self.store.sms(due.id)  # deciding one (a digest) may have decided others of the batch
                 if message is None or message.status not in OPEN_SMS_STATES or message.next_attempt_at > now:
                     continue
