@@ -186,6 +186,23 @@ def notification_document(record: NotificationRecord) -> dict:
     }
 
 
+# Alert records per write on Redis: about 50 µs of Redis time each, so a backlog written at once would outlast
+# STATE_TIMEOUT_SECONDS (and hold up every replica's pacing script meanwhile).
+REDIS_ALERTS_PER_WRITE = 1_000
+
+
+def write_parts(batch: WriteBatch, max_alerts: int | None) -> list[WriteBatch]:
+    """The batch in parts of at most max_alerts alert records, the rest (deliveries, notifications, memory) with
+    the last, so each delivery finds its alert written (None: one part)."""
+    if max_alerts is None or len(batch.alerts) <= max_alerts:
+        return [batch]
+    parts = [WriteBatch(alerts=batch.alerts[start:start + max_alerts])
+             for start in range(0, len(batch.alerts) - max_alerts, max_alerts)]
+    last = len(parts) * max_alerts
+    parts.append(WriteBatch(batch.alerts[last:], batch.deliveries, batch.notifications, batch.groups, batch.threads))
+    return parts
+
+
 class Journal:
     """Writes events to the store behind delivery and reads them back for the API and the status page."""
 
@@ -202,6 +219,7 @@ class Journal:
         self.occurrences: dict = {}  # records_for's memo (the event thread's alone)
         self.next_prune_at = 0.0
         self.lock = threading.Lock()  # state flags, read by the status page while the event thread writes
+        self.max_alerts_per_write = REDIS_ALERTS_PER_WRITE if config.state_is_shared else None
         metrics.journal_up.set(1)
 
     # -- writing (the event thread) -------------------------------------------------------------------------------
@@ -212,7 +230,8 @@ class Journal:
         if not pending:
             return
         try:
-            self.store.write(pending)
+            for part in write_parts(pending, self.max_alerts_per_write):
+                self.store.write(part)
         except StoreError as error:
             self.unwritten = self._bounded(pending)
             self.metrics.journal_write_failures.inc()

@@ -320,9 +320,11 @@ class RedisCoordination:
                     message = pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "message":
                         self._deliver_live(message["data"])
-            except (self._redis.RedisError, OSError):
+            except (self._redis.RedisError, OSError, ValueError):  # ValueError: its socket closed under it
                 self._stopping.wait(self.probe_interval_seconds)
             except Exception:  # noqa: BLE001 - the live feed must never take a thread of ours down with it
+                if self._stopping.is_set():
+                    return  # the store closed its connections at shutdown
                 logger.exception("internal error in the live feed's Redis subscriber; it goes on")
                 self._stopping.wait(self.probe_interval_seconds)
             finally:

@@ -159,3 +159,16 @@ def test_an_unusable_state_url_the_user_set_is_a_configuration_error(tmp_path):
         open_state(config)
     with pytest.raises(ConfigError, match="STATE_URL must be"):
         load_config({**HOOK, "STATE_URL": "postgres://db/state"})
+
+
+def test_a_large_batch_goes_to_redis_in_parts_each_delivery_after_its_alert():
+    from rcwebhook.journal import write_parts
+    from rcwebhook.store import WriteBatch
+
+    batch = WriteBatch(alerts=list(range(2001)), deliveries=["d"], notifications=["n"], groups=["g"], threads=["t"])
+    parts = write_parts(batch, 1000)
+    assert [len(part.alerts) for part in parts] == [1000, 1000, 1]
+    assert [part.alerts for part in parts][0][0] == 0 and parts[-1].alerts == [2000]
+    assert all(not part.deliveries for part in parts[:-1]) and parts[-1].deliveries == ["d"]
+    assert parts[-1].notifications == ["n"] and parts[-1].groups == ["g"] and parts[-1].threads == ["t"]
+    assert write_parts(batch, None) == [batch]
