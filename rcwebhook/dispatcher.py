@@ -332,7 +332,8 @@ class Dispatcher:
         if not self.coordination.shared or not self.coordination.up or job.dedup_key is None or job.group_id is None:
             return False
         try:
-            [claim] = self.coordination.claim([self._claim_key(job)], self._claim_seconds)
+            [claim] = self.coordination.claim([self._claim_key(job)], self._claim_seconds,
+                                              reminders=[is_reminder(job.notification)])
         except Unavailable:
             return False  # alone for now: at worst one copy is posted twice, as at-least-once allows
         if claim.ours:
@@ -400,7 +401,10 @@ class Dispatcher:
             with self.condition:
                 ours = [self._claim_key(job) for queue in self.queues.values() for job in queue.pending_jobs()
                         if job.group_id is not None and job.dedup_key is not None]
+                posting = [hook_key(url) for url, queue in self.queues.items() if queue.in_flight is not None]
             coordination.renew_claims(ours, self._claim_seconds)
+            for key in posting:  # renewed while posting: a slow post never lets another process in beside it
+                coordination.take_lease(key, self.config.state_lease_seconds)
 
     def _follow_threads(self) -> None:
         """With replicas and threads: the threads other processes announced, every THREADS_FOLLOW_SECONDS (the
@@ -616,15 +620,14 @@ class Dispatcher:
 
     def _work_one_round(self, queue: HookQueue) -> bool:
         """Post one batch and apply the answer; False once the dispatcher stopped."""
-        name = queue.destination.name
         batch = self._next_batch(queue)
         if batch is None:
             return False
         if batch is GATE:
             wait = self._pass_gate(queue)
             with self.condition:
-                if wait > 0:
-                    queue.budget.block_until(self.clock() + wait)  # another process posts, or the budget is spent
+                if wait > 0:  # another process posts, or the shared budget is spent
+                    queue.gate_retry_at = self.clock() + wait
                 else:
                     queue.shared_gate_open = True
             return True
@@ -652,6 +655,15 @@ class Dispatcher:
                     internal_error = True
                     result = PostResult(Outcome.TRANSIENT, None, "internal error in the relay")
         elapsed_seconds = self.clock() - started
+        try:
+            return self._after_post(queue, batch, result, elapsed_seconds, is_retry, internal_error)
+        finally:  # whatever went wrong above: the hook's lease goes, and our outcome reaches the other processes
+            self._release_gate(queue)
+            self._finish_claims([job for job in batch.jobs if job.finished])
+
+    def _after_post(self, queue: HookQueue, batch: Batch, result: PostResult | None, elapsed_seconds: float,
+                    is_retry: bool, internal_error: bool) -> bool:
+        name = queue.destination.name
         with self.condition:
             try:
                 finished = queue.finish(batch, result, self.clock())
@@ -665,8 +677,6 @@ class Dispatcher:
             announced = self._remember_threads(queue, batch, result)
             self.metrics.queued.labels(name).set(queue.pending_count)
             self.condition.notify_all()
-        self._release_gate(queue)
-        self._finish_claims(finished)
         if result is not None:
             self._count_post(name, batch, result, elapsed_seconds, is_retry, finished)
             self.publish(PostFinished(

@@ -204,6 +204,7 @@ class HookQueue:
         self.retry_at = 0.0
         self.consecutive_failures = 0
         self.shared_gate_open = False  # replicas: this process holds the hook's lease and a slot of its budget
+        self.gate_retry_at = 0.0  # replicas: when to ask again for the lease or the shared budget (never Rocket.Chat's word)
         self.full_rate_limit = rate_limit  # the budget while Redis answers (it is divided while Redis is gone)
 
     # -- intake -------------------------------------------------------------------------------------------------
@@ -351,7 +352,7 @@ class HookQueue:
         """When the next post should go, or None when there is nothing to post (or one is in flight)."""
         if self.in_flight is not None or not (self.waiting or self.alone_batches):
             return None
-        return max(self.retry_at, self.budget.earliest_post_at(now, self.last_post_at))
+        return max(self.retry_at, self.gate_retry_at, self.budget.earliest_post_at(now, self.last_post_at))
 
     def seconds_until_post(self, now: float) -> float:
         due = self.due_at(now)

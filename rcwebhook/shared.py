@@ -65,7 +65,8 @@ class LocalCoordination:
     def release_lease(self, hook_key: str) -> None:
         return None
 
-    def claim(self, keys: Sequence[tuple[str, bytes, bytes]], seconds: float) -> list[Claim]:
+    def claim(self, keys: Sequence[tuple[str, bytes, bytes]], seconds: float, *,
+              reminders: Sequence[bool] = ()) -> list[Claim]:
         return [OURS for _ in keys]
 
     def look(self, keys: Sequence[tuple[str, bytes, bytes]]) -> list[Claim | None]:
@@ -123,20 +124,28 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS[1] a notification's claim. ARGV: owner, ms. Returns the value held: the owner's (ours when it is ARGV[1]) or
-# "done|state|status|reason".
+# KEYS[1] a group's claim on one hook: "own|<owner>|<dedup>" while a process has its notification queued or in flight,
+# "done|<dedup>|<state>|<status>|<reason>" once posted (kept for the de-duplication window). Only the group's latest
+# notification counts, as in one process: a claim for another dedup key (a re-fire after a resolve) is replaced.
+# ARGV: owner, ms, dedup, "1" for a reminder (never answered by a finished copy: it repeats on purpose).
+# Returns the value held after the call.
 CLAIM_SCRIPT = """
 local held = redis.call('GET', KEYS[1])
-if not held then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return ARGV[1]
+local mine = 'own|' .. ARGV[1] .. '|' .. ARGV[3]
+if held then
+  local kind, who, key = string.match(held, '^(%a+)|([^|]*)|([^|]*)')
+  if kind == 'own' and key == ARGV[3] then return held end
+  if kind == 'done' and who == ARGV[3] and ARGV[4] ~= '1' then return held end
 end
-return held
+redis.call('SET', KEYS[1], mine, 'PX', ARGV[2])
+return mine
 """
 
-# KEYS[1] a claim; ARGV: owner, ms. Renewed only while the caller holds it.
+# KEYS[1] a claim; ARGV: owner, ms, dedup. Renewed only while the caller holds it for that notification.
 RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('GET', KEYS[1]) == 'own|' .. ARGV[1] .. '|' .. ARGV[3] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 0
 """
 
@@ -154,7 +163,7 @@ class RedisCoordination:
         self.client = client
         self.prefix = prefix
         self.description = description
-        self.owner = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._owner, self._owner_pid = "", 0
         self.up = True
         self.on_change = on_change
         self.probe_interval_seconds = probe_interval_seconds
@@ -168,13 +177,21 @@ class RedisCoordination:
         self._on_live: Callable[[list[str]], None] = lambda messages: None
         self._started_in_pid = 0
 
+    @property
+    def owner(self) -> str:
+        """This process's name in leases, claims and the live feed: new in each process (gunicorn --preload builds
+        the app in the master; every forked worker must be an owner of its own)."""
+        if self._owner_pid != os.getpid():
+            self._owner, self._owner_pid, self._counter = f"{os.getpid()}-{secrets.token_hex(6)}", os.getpid(), 0
+        return self._owner
+
     # -- keys: one hash tag per hook, so a hook's keys live in one Cluster slot ----------------------------------
 
     def _hook_key(self, hook_key: str, what: str) -> str:
         return f"{self.prefix}{{h:{hook_key}}}:{what}"
 
-    def _claim_key(self, hook_key: str, group_id: bytes, dedup_key: bytes) -> str:
-        return self._hook_key(hook_key, f"claim:{group_id.hex()}:{dedup_key.hex()}")
+    def _claim_key(self, hook_key: str, group_id: bytes, dedup_key: bytes = b"") -> str:
+        return self._hook_key(hook_key, f"claim:{group_id.hex()}")
 
     # -- calls -----------------------------------------------------------------------------------------------------
 
@@ -202,9 +219,10 @@ class RedisCoordination:
 
     def reserve_post(self, hook_key: str, count: int, window_seconds: float) -> float:
         """0.0 when one attempt was counted now in the shared window; else the seconds until one may be."""
+        owner = self.owner
         with self._lock:
             self._counter += 1
-            member = f"{self.owner}:{self._counter}"
+            member = f"{owner}:{self._counter}"
         waited_ms = self._call(lambda: self._scripts["reserve"](
             keys=[self._hook_key(hook_key, "window")], args=[count, int(window_seconds * 1000), member]))
         return int(waited_ms) / 1000.0
@@ -219,41 +237,60 @@ class RedisCoordination:
     def release_lease(self, hook_key: str) -> None:
         self._call(lambda: self._scripts["release"](keys=[self._hook_key(hook_key, "lease")], args=[self.owner]))
 
-    def _parse(self, held) -> Claim:
+    def _parse(self, held, dedup_key: bytes) -> Claim | None:
+        """What a claim's value means for the notification with this dedup key; None: nobody holds it (any more)."""
         text = held.decode() if isinstance(held, bytes) else str(held)
-        if text == self.owner:
-            return OURS
-        if text.startswith(CLAIM_DONE + "|"):
-            _, state, status, reason = (text.split("|", 3) + ["", "", ""])[:4]
+        kind, _, rest = text.partition("|")
+        if kind == "own":
+            owner, _, key = rest.partition("|")
+            if key != dedup_key.hex():
+                return None  # another notification of the group: this one is nobody's
+            return OURS if owner == self.owner else Claim(False)
+        if kind == CLAIM_DONE:
+            key, state, status, reason = (rest.split("|", 3) + ["", "", ""])[:4]
+            if key != dedup_key.hex():
+                return None
             return Claim(False, True, state, int(status) if status.isdigit() else None, reason)
-        return Claim(False)  # another process has it queued or in flight
+        return None
 
-    def claim(self, keys: Sequence[tuple[str, bytes, bytes]], seconds: float) -> list[Claim]:
-        """For each (hook key, group id, dedup key): ours now, or what another process holds."""
-        def run():
-            pipeline = self.client.pipeline(transaction=False)
-            for hook_key, group_id, dedup_key in keys:
-                self._scripts["claim"](keys=[self._claim_key(hook_key, group_id, dedup_key)],
-                                       args=[self.owner, int(seconds * 1000)], client=pipeline)
-            return pipeline.execute()
-        return [self._parse(held) for held in self._call(run)] if keys else []
-
-    def look(self, keys: Sequence[tuple[str, bytes, bytes]]) -> list[Claim | None]:
-        """What each claim holds now; None where it is gone (its holder died: claim it again)."""
+    def claim(self, keys: Sequence[tuple[str, bytes, bytes]], seconds: float, *,
+              reminders: Sequence[bool] = ()) -> list[Claim]:
+        """For each (hook key, group id, dedup key): ours now, or what another process holds for it."""
         if not keys:
             return []
-        values = self._call(lambda: self.client.mget([self._claim_key(*key) for key in keys]))
-        return [None if value is None else self._parse(value) for value in values]
+        owner = self.owner
+
+        def run():
+            pipeline = self.client.pipeline(transaction=False)
+            for index, (hook_key, group_id, dedup_key) in enumerate(keys):
+                reminder = "1" if index < len(reminders) and reminders[index] else "0"
+                self._scripts["claim"](keys=[self._claim_key(hook_key, group_id)],
+                                       args=[owner, int(seconds * 1000), dedup_key.hex(), reminder], client=pipeline)
+            return pipeline.execute()
+        return [self._parse(held, key[2]) or OURS for held, key in zip(self._call(run), keys)]
+
+    def look(self, keys: Sequence[tuple[str, bytes, bytes]]) -> list[Claim | None]:
+        """What each claim holds now for its notification; None where nobody does (its holder died: claim it)."""
+        if not keys:
+            return []
+
+        def run():  # one GET each: keys of several hooks live in several Cluster slots
+            pipeline = self.client.pipeline(transaction=False)
+            for hook_key, group_id, _ in keys:
+                pipeline.get(self._claim_key(hook_key, group_id))
+            return pipeline.execute()
+        return [None if value is None else self._parse(value, key[2]) for value, key in zip(self._call(run), keys)]
 
     def renew_claims(self, keys: Sequence[tuple[str, bytes, bytes]], seconds: float) -> None:
         if not keys:
             return
+        owner = self.owner
 
         def run():
             pipeline = self.client.pipeline(transaction=False)
-            for key in keys:
-                self._scripts["renew"](keys=[self._claim_key(*key)], args=[self.owner, int(seconds * 1000)],
-                                       client=pipeline)
+            for hook_key, group_id, dedup_key in keys:
+                self._scripts["renew"](keys=[self._claim_key(hook_key, group_id)],
+                                       args=[owner, int(seconds * 1000), dedup_key.hex()], client=pipeline)
             pipeline.execute()
         self._call(run)
 
@@ -266,16 +303,18 @@ class RedisCoordination:
 
         def run():
             pipeline = self.client.pipeline(transaction=False)
-            for key, state, status, reason in finished:
-                value = "|".join((CLAIM_DONE, state, "" if status is None else str(status), reason[:300]))
-                pipeline.set(self._claim_key(*key), value, px=max(1, int(seconds * 1000)))
+            for (hook_key, group_id, dedup_key), state, status, reason in finished:
+                value = "|".join((CLAIM_DONE, dedup_key.hex(), state, "" if status is None else str(status),
+                                  reason[:300]))  # the reason is last: it may hold a "|"
+                # At least a few looks long: a copy waiting elsewhere must see the outcome before it goes.
+                pipeline.set(self._claim_key(hook_key, group_id), value, px=max(2000, int(seconds * 1000)))
             pipeline.execute()
         self._call(run)
 
     # -- the live feed and the probe -------------------------------------------------------------------------------
 
     def publish_live(self, messages: Sequence[str]) -> None:
-        if not messages:
+        if not messages or not self.up:  # known down: no timeout to pay on the event thread
             return
         payload = self.owner + "\n" + "\x1e".join(messages)
         try:

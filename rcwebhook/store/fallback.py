@@ -38,8 +38,25 @@ class FallbackStore:
         return self._up
 
     def set_up(self, up: bool) -> None:
-        """The probe's word: Redis answers again (or not)."""
+        """The probe's word: Redis answers again (or not). On its return, the SMS still open here (a delayed tier,
+        a retry) and the opt-outs learnt meanwhile go to Redis, so none is forgotten there; the rest of what this
+        process remembered alone is not merged back."""
+        if up and not self._up:
+            try:
+                self._hand_over()
+            except StoreError as error:
+                self.on_down(str(error))
+                return
         self._up = up
+
+    def _hand_over(self) -> None:
+        waiting = self.local.open_sms()
+        if waiting:
+            self.shared.save_sms(waiting)
+        for recipient, at in self.local.opt_outs().items():
+            self.shared.set_opt_out(recipient, at)
+        if waiting or self.local.counts().get("sms"):
+            self.local = MemoryStore()  # handed over: never decided twice
 
     def _forwarding(self, name: str):
         def call(*args, **kwargs):
