@@ -315,12 +315,23 @@ class Dispatcher:
         return RateLimit(max(1, rate_limit.count // self.config.expected_processes), rate_limit.window_seconds)
 
     def on_shared_state(self, up: bool) -> None:
-        """Redis went or came back: each hook's local budget follows."""
+        """Redis went or came back: each hook's local budget follows; on its return, the posts this process made
+        alone meanwhile are counted in the shared window, so together the processes do not spend the budget twice."""
+        now = self.clock()
         with self.condition:
-            for queue in self.queues.values():
+            spent = {}
+            for url, queue in self.queues.items():
                 queue.budget.limit = self._local_limit(queue.full_rate_limit)
                 queue.shared_gate_open = False
+                window = queue.full_rate_limit.window_seconds
+                if up and queue.full_rate_limit.enabled:
+                    spent[url] = (window, [now - at for at in queue.budget.attempt_times if now - at < window])
             self.condition.notify_all()
+        for url, (window, ages) in spent.items():
+            try:
+                self.coordination.seed_window(hook_key(url), window, ages)
+            except Unavailable:
+                return
 
     @staticmethod
     def _claim_key(job: Job) -> tuple[str, bytes, bytes]:
@@ -451,8 +462,11 @@ class Dispatcher:
 
     def _release_gate(self, queue: HookQueue) -> None:
         if self.coordination.shared and self.coordination.up:
+            key = hook_key(queue.destination.url)
             try:
-                self.coordination.release_lease(hook_key(queue.destination.url))
+                if queue.full_rate_limit.enabled:
+                    self.coordination.posted(key, queue.full_rate_limit.window_seconds)
+                self.coordination.release_lease(key)
             except Unavailable:
                 pass
 

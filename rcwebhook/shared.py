@@ -65,6 +65,12 @@ class LocalCoordination:
     def release_lease(self, hook_key: str) -> None:
         return None
 
+    def posted(self, hook_key: str, window_seconds: float) -> None:
+        return None
+
+    def seed_window(self, hook_key: str, window_seconds: float, ages_seconds: Sequence[float]) -> None:
+        return None
+
     def claim(self, keys: Sequence[tuple[str, bytes, bytes]], seconds: float, *,
               reminders: Sequence[bool] = ()) -> list[Claim]:
         return [OURS for _ in keys]
@@ -107,6 +113,28 @@ if used < tonumber(ARGV[1]) then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], used - tonumber(ARGV[1]), used - tonumber(ARGV[1]), 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now_ms)
+"""
+
+# KEYS[1] the hook's window; ARGV: window ms, the member. The attempt counts from now, when Rocket.Chat has had it
+# (its limiter counts on arrival, no later than its answer): reserved before the send, moved here after it, so a post
+# that reached Rocket.Chat late cannot let the next window's first post in too early.
+POSTED_SCRIPT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', now_ms, ARGV[2]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+# KEYS[1] the hook's window; ARGV: window ms, then pairs of (age ms, member): the posts a process made alone while
+# Redis was gone, so the budget they spent counts once Redis answers again.
+SEED_SCRIPT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+for index = 2, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], 'NX', now_ms - tonumber(ARGV[index]), ARGV[index + 1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 0
 """
 
 # KEYS[1] the hook's lease. ARGV: owner, ms. Returns 0 when the caller holds it now, else its remaining ms.
@@ -169,7 +197,8 @@ class RedisCoordination:
         self.probe_interval_seconds = probe_interval_seconds
         self._scripts = {name: client.register_script(source) for name, source in (
             ("reserve", RESERVE_SCRIPT), ("lease", LEASE_SCRIPT), ("release", RELEASE_SCRIPT),
-            ("claim", CLAIM_SCRIPT), ("renew", RENEW_SCRIPT))}
+            ("claim", CLAIM_SCRIPT), ("renew", RENEW_SCRIPT), ("posted", POSTED_SCRIPT), ("seed", SEED_SCRIPT))}
+        self._reserved: dict[str, str] = {}  # hook key → the member of the attempt reserved last (moved when posted)
         self._counter = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -225,7 +254,26 @@ class RedisCoordination:
             member = f"{owner}:{self._counter}"
         waited_ms = self._call(lambda: self._scripts["reserve"](
             keys=[self._hook_key(hook_key, "window")], args=[count, int(window_seconds * 1000), member]))
+        if int(waited_ms) == 0:
+            self._reserved[hook_key] = member
         return int(waited_ms) / 1000.0
+
+    def posted(self, hook_key: str, window_seconds: float) -> None:
+        """The reserved attempt reached Rocket.Chat (its answer is back): it counts from now."""
+        member = self._reserved.pop(hook_key, None)
+        if member is not None:
+            self._call(lambda: self._scripts["posted"](
+                keys=[self._hook_key(hook_key, "window")], args=[int(window_seconds * 1000), member]))
+
+    def seed_window(self, hook_key: str, window_seconds: float, ages_seconds: Sequence[float]) -> None:
+        """Count in the shared window the posts this process made alone, `ages_seconds` ago."""
+        if not ages_seconds:
+            return
+        owner = self.owner
+        args: list = [int(window_seconds * 1000)]
+        for index, age in enumerate(ages_seconds):
+            args += [max(0, int(age * 1000)), f"{owner}:alone:{index}:{age:.3f}"]
+        self._call(lambda: self._scripts["seed"](keys=[self._hook_key(hook_key, "window")], args=args))
 
     def take_lease(self, hook_key: str, seconds: float) -> float:
         """0.0 when this process holds the hook's lease (taken or renewed for `seconds`); else the seconds left on

@@ -55,8 +55,7 @@ class FallbackStore:
             self.shared.save_sms(waiting)
         for recipient, at in self.local.opt_outs().items():
             self.shared.set_opt_out(recipient, at)
-        if waiting or self.local.counts().get("sms"):
-            self.local = MemoryStore()  # handed over: never decided twice
+        self.local = MemoryStore()  # handed over: never decided, nor handed over, twice
 
     def _forwarding(self, name: str):
         def call(*args, **kwargs):
