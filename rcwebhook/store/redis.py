@@ -406,10 +406,26 @@ prune('threads:at', before, true, function(field) forget_field('threads', 'threa
 return {gone, budget <= 0 and 1 or 0}
 """, only_deletes=True)
 
+# Taking one SMS out of every index (S is the {sms} keys' prefix): when it is replaced, and when it is pruned.
+_FORGET_SMS_INDEXES = r"""
+local function forget_indexes(id)
+  local key = S .. 'm:' .. id
+  local sid = redis.call('HGET', key, 'sid')
+  if sid and sid ~= '' then redis.call('SREM', S .. 'sid:' .. sid, id) end
+  for _, alert_id in ipairs(redis.call('SMEMBERS', S .. 'ma:' .. id)) do
+    redis.call('SREM', S .. 'alert:' .. alert_id, id)
+  end
+  for _, index in ipairs({'sms:updated', 'sms:open', 'sms:final', 'sms:sent'}) do
+    redis.call('ZREM', S .. index, id)
+  end
+end
+"""
+
 # The SMS scripts' shared part: the call's header (ranks, final rank, open states, the sent state), one message
 # read from the arguments, and putting one in its hash and indexes.
 _SMS_COMMON = r"""
 local S = KEYS[1]
+""" + _FORGET_SMS_INDEXES + r"""
 local position = 1
 local function nextarg()
   position = position + 1
@@ -448,17 +464,6 @@ local function read_message()
     m.alerts[#m.alerts + 1] = {id = nextarg(), pair = nextarg(), json = nextarg()}
   end
   return m
-end
-local function forget_indexes(id)
-  local key = S .. 'm:' .. id
-  local sid = redis.call('HGET', key, 'sid')
-  if sid and sid ~= '' then redis.call('SREM', S .. 'sid:' .. sid, id) end
-  for _, alert_id in ipairs(redis.call('SMEMBERS', S .. 'ma:' .. id)) do
-    redis.call('SREM', S .. 'alert:' .. alert_id, id)
-  end
-  for _, index in ipairs({'sms:updated', 'sms:open', 'sms:final', 'sms:sent'}) do
-    redis.call('ZREM', S .. index, id)
-  end
 end
 -- Store (or replace) the message with these of its alerts; memory.with_recorded_status: a status recorded for its
 -- sid that ranks higher than the one given is the one stored. Returns the status and error code stored.
@@ -611,18 +616,11 @@ return times
 
 _PRUNE_SMS = _lua(r"""
 local S = KEYS[1]
+""" + _FORGET_SMS_INDEXES + r"""
 local before, keep, budget = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local function forget_message(id)
-  local key = S .. 'm:' .. id
-  local sid = redis.call('HGET', key, 'sid')
-  if sid and sid ~= '' then redis.call('SREM', S .. 'sid:' .. sid, id) end
-  for _, alert_id in ipairs(redis.call('SMEMBERS', S .. 'ma:' .. id)) do
-    redis.call('SREM', S .. 'alert:' .. alert_id, id)
-  end
-  for _, index in ipairs({'sms:updated', 'sms:open', 'sms:final', 'sms:sent'}) do
-    redis.call('ZREM', S .. index, id)
-  end
-  redis.call('DEL', key, S .. 'ma:' .. id)
+  forget_indexes(id)
+  redis.call('DEL', S .. 'm:' .. id, S .. 'ma:' .. id)
 end
 local function stale(index)
   if budget <= 0 then return {} end
