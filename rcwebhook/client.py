@@ -78,15 +78,16 @@ def rate_limit_wait_seconds(headers: Mapping[str, str], body_text: str, now_epoc
     return None
 
 
-_NOT_JSON = object()
+NOT_JSON = object()
 
 
-def _parse_json(body_text: str) -> object:
-    """The answer's JSON, or _NOT_JSON (a deeply nested answer is no answer we understand either)."""
+def parse_json(body_text: str) -> object:
+    """An answer's JSON, or NOT_JSON (a deeply nested answer is no answer we understand either); the Twilio client
+    reads its answers with it too."""
     try:
         return json.loads(body_text)
     except (ValueError, RecursionError):
-        return _NOT_JSON
+        return NOT_JSON
 
 
 def _error_text(document: object, body_text: str) -> str:
@@ -104,7 +105,7 @@ MESSAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 def message_id_of(body_text: str) -> str | None:
     """The posted message's id, which Rocket.Chat gives only with "separateResponse": true (servers since mid-2025):
     {"success":true,"responses":[{"channel":..,"message":{"_id":..}}]}; None otherwise (the pure webhook answer)."""
-    document = _parse_json(body_text)
+    document = parse_json(body_text)
     responses = document.get("responses") if isinstance(document, dict) else None
     # One room only: a hook posting to several channels would thread every room's replies into one room's message.
     if not isinstance(responses, list) or len(responses) != 1 or not isinstance(responses[0], dict):
@@ -130,8 +131,8 @@ def classify_response(
     JSON, a status the contract does not list) is transient: retried, and answered 503 so Alertmanager retries too,
     never remembered as a refusal that would drop the re-sends.
     """
-    document = _parse_json(body_text)
-    is_json = document is not _NOT_JSON
+    document = parse_json(body_text)
+    is_json = document is not NOT_JSON
     error_text = _error_text(document, body_text)
     if 200 <= status < 300:
         if isinstance(document, dict) and document.get("success") is True:

@@ -18,7 +18,7 @@ from .events import AlertsReceived, NotificationAnswered, PostFinished
 from .fingerprint import alert_occurrence
 from .metrics import Metrics
 from .model import FIRING, RESOLVED, alert_name
-from .sms.destination import masked
+from .safetext import masked_number
 from .store import (OPEN_SMS_STATES, AlertRecord, AlertSeen, Delivery, GroupMemory, NotificationRecord, SmsMessage,
                     Store, StoreError, WriteBatch, open_store)
 from .timefmt import normalised_timestamp
@@ -152,7 +152,7 @@ def sms_document(message: SmsMessage) -> dict:
     return {
         "id": message.id,
         "destination": message.destination,
-        "recipient": masked(message.recipient),
+        "recipient": masked_number(message.recipient),
         "kind": message.kind,
         "status": message.status,
         "alerts": [{"id": alert.id, "alertname": alert.alertname} for alert in message.alerts],
@@ -342,7 +342,7 @@ class Journal:
         return {
             "sms": [sms_document(message) for message in recent],
             "pending": len(waiting),
-            "opted_out": [{"recipient": masked(recipient), "since": rfc3339(at)}
+            "opted_out": [{"recipient": masked_number(recipient), "since": rfc3339(at)}
                           for recipient, at in sorted(opt_outs.items(), key=lambda item: item[1])],
         }
 

@@ -105,3 +105,8 @@ def markdown_link(label: str, url: str) -> str:
     """A Markdown link whose target cannot break out of its parentheses."""
     safe_url = _MARKDOWN_URL_UNSAFE.sub(lambda match: "".join(f"%{byte:02X}" for byte in match.group().encode()), url)
     return f"[{label}]({safe_url})"
+
+
+def masked_number(number: str) -> str:
+    """The only way a phone number may be shown: "…" and its last three digits ("+15551234567" → "…567")."""
+    return "…" + re.sub(r"\D", "", number)[-3:]

@@ -15,6 +15,8 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
+from ..safetext import masked_number
+
 # E.164: a plus, a country code that does not start with 0, at most 15 digits in all (ITU-T E.164 §6).
 E164_PATTERN = re.compile(r"^\+[1-9]\d{6,14}$")
 DEFAULT_SEVERITIES = ("critical",)
@@ -30,12 +32,6 @@ class SmsConfigError(ValueError):
     """An SMS setting that cannot be used; the message names the setting and never shows a full number."""
 
 
-def masked(number: str) -> str:
-    """How a phone number may be shown anywhere: its last three digits."""
-    digits = re.sub(r"\D", "", number)
-    return "…" + digits[-3:] if digits else "…"
-
-
 def parse_recipients(text: str, where: str) -> tuple[str, ...]:
     """Comma- or line-separated E.164 numbers (# starts a comment), each checked; duplicates once."""
     numbers: list[str] = []
@@ -45,7 +41,7 @@ def parse_recipients(text: str, where: str) -> tuple[str, ...]:
             if not number:
                 continue
             if not E164_PATTERN.match(number):
-                raise SmsConfigError(f"{where}: {masked(number)!s} is not an E.164 number such as +15551234567 "
+                raise SmsConfigError(f"{where}: {masked_number(number)!s} is not an E.164 number such as +15551234567 "
                                      "(a plus, the country code, the number; no spaces or dashes)")
             if number not in numbers:
                 numbers.append(number)
@@ -190,7 +186,7 @@ class SmsDestination:
 
     def describe(self) -> str:
         tiers = "; ".join(
-            f"tier {index}: {len(tier.numbers())} recipient(s) ({', '.join(masked(n) for n in tier.numbers())}) "
+            f"tier {index}: {len(tier.numbers())} recipient(s) ({', '.join(masked_number(n) for n in tier.numbers())}) "
             f"after {tier.after_seconds:g} s" for index, tier in enumerate(self.tiers))
         extras = [f"severities {','.join(self.severities)}", f"at most {self.max_per_hour}/hour per recipient"]
         extras += [f"only {self.hours}"] if self.hours else []

@@ -28,7 +28,8 @@ from ..store import (
     OPEN_SMS_STATES, SMS_CANCELLED, SMS_DIGESTED, SMS_FAILED, SMS_HELD, SMS_OPTED_OUT, SMS_PENDING, SMS_SENT, SmsAlert, SmsMessage,
     StoreError,
 )
-from .destination import SmsDestination, masked
+from ..safetext import masked_number
+from .destination import SmsDestination
 from .render import alert_body, digest_body, resolved_body
 from .silences import SilenceAnswer
 
@@ -107,6 +108,7 @@ class Escalation:
         self.on_scheduled = on_scheduled  # wakes the worker
         self._lock = threading.Lock()  # one decision at a time: the worker and a test SMS share the caps
         self._warned_at: dict[str, float] = {}
+        self._next_attempt_at: float | None = None  # of the earliest open SMS, at the last process_due()
         self._silences_failing_until: dict[str, float] = {}  # Alertmanager URL → monotonic time
         self._day_cap_logged_for = -1.0
 
@@ -151,7 +153,7 @@ class Escalation:
             return None
         for message in added:
             logger.info("SMS %s scheduled to %s (destination %s, tier %d) for %s, due in %.0f s", message.kind,
-                        masked(message.recipient), message.destination, message.tier, _names(message.alerts),
+                        masked_number(message.recipient), message.destination, message.tier, _names(message.alerts),
                         max(0.0, message.due_at - now))
         if added:
             self.metrics.sms_scheduled.inc(len(added))
@@ -177,7 +179,7 @@ class Escalation:
             for recipient in tier.numbers():
                 if recipient in opted_out:
                     logger.warning("SMS to %s skipped: opted out (replied STOP) less than a day ago",
-                                   masked(recipient))
+                                   masked_number(recipient))
                     self.metrics.sms.labels("opted_out").inc()
                     continue
                 messages.append(SmsMessage(
@@ -222,7 +224,7 @@ class Escalation:
                     raise
                 except Exception:  # noqa: BLE001 - a bug of ours must not stop every other SMS
                     logger.exception("internal error deciding SMS %s to %s; trying again in %.0f s", message.id,
-                                     masked(message.recipient), AFTER_INTERNAL_ERROR_SECONDS)
+                                     masked_number(message.recipient), AFTER_INTERNAL_ERROR_SECONDS)
                     self.metrics.internal_errors.labels("sms").inc()
                     current = self.store.sms(message.id)  # as it now is: what failed may have decided it already
                     if current is not None and current.status in OPEN_SMS_STATES:
@@ -230,17 +232,19 @@ class Escalation:
                             current, next_attempt_at=max(current.next_attempt_at, now + AFTER_INTERNAL_ERROR_SECONDS),
                             updated_at=now)])
                 decided += 1
-            self.metrics.sms_open.set(len(self.store.open_sms()))
+            waiting = self.store.open_sms()  # earliest next attempt first: the worker sleeps until that one
+            self._next_attempt_at = waiting[0].next_attempt_at if waiting else None
+            self.metrics.sms_open.set(len(waiting))
             # Refreshed every round, so the shipped rule stops paging once the UTC day turns, even on a quiet relay.
             self.metrics.sms_day_cap_reached.set(
                 1 if len(self.store.sms_sent_times(utc_day_start(now))) >= self.max_per_day else 0)
         return decided
 
     def next_due_in_seconds(self, default: float) -> float:
-        open_messages = self.store.open_sms()
-        if not open_messages:
+        """Until the next open SMS is due, as the last process_due() found (one scheduled since wakes the worker)."""
+        if self._next_attempt_at is None:
             return default
-        return max(0.0, min(default, open_messages[0].next_attempt_at - self.wall_clock()))
+        return max(0.0, min(default, self._next_attempt_at - self.wall_clock()))
 
     def _decide(self, message: SmsMessage, now: float) -> None:
         destination = self.destinations().get(message.destination)
@@ -316,7 +320,7 @@ class Escalation:
         if message.reason != reason:
             self.metrics.sms.labels("day_cap").inc()
             logger.warning("SMS to %s for %s not sent today: SMS_MAX_PER_DAY (%d) reached; it goes after midnight UTC "
-                           "if still firing and unsilenced", masked(message.recipient), _names(message.alerts),
+                           "if still firing and unsilenced", masked_number(message.recipient), _names(message.alerts),
                            self.max_per_day)
         self.store.save_sms([dataclasses.replace(
             message, status=SMS_PENDING, due_at=tomorrow, next_attempt_at=tomorrow, updated_at=now, reason=reason)])
@@ -325,7 +329,7 @@ class Escalation:
     def _hold(self, message: SmsMessage, now: float, allowed_at: float, max_per_hour: int) -> None:
         if message.status != SMS_HELD:
             logger.warning("SMS to %s for %s held: %d SMS sent to it in the last hour (SMS_MAX_PER_HOUR); it goes "
-                           "out in one digest in %.0f s", masked(message.recipient), _names(message.alerts),
+                           "out in one digest in %.0f s", masked_number(message.recipient), _names(message.alerts),
                            max_per_hour, allowed_at - now)
             self.metrics.sms.labels("held").inc()
         self.store.save_sms([dataclasses.replace(
@@ -393,7 +397,7 @@ class Escalation:
             self.metrics.sms.labels("sent").inc()
             self.metrics.sms_segments.inc(segments)
             self.metrics.sms_auth_failing.set(0)
-            logger.info("SMS sent to %s for %s (%d segment(s), Twilio %s %s)", masked(message.recipient),
+            logger.info("SMS sent to %s for %s (%d segment(s), Twilio %s %s)", masked_number(message.recipient),
                         _names(message.alerts) if message.alerts else message.kind, segments, result.sid,
                         result.twilio_status)
         elif outcome is SmsOutcome.OPTED_OUT:
@@ -415,11 +419,11 @@ class Escalation:
             what = ("Twilio refused the credentials (TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN or the API key)"
                     if result.outcome is SmsOutcome.AUTH_FAILED else
                     "Twilio refused the sender (TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID)")
-            logger.error("SMS to %s NOT sent: %s: %s %s", masked(message.recipient), what, result.code or "",
+            logger.error("SMS to %s NOT sent: %s: %s %s", masked_number(message.recipient), what, result.code or "",
                          result.reason)
         elif result.lost_in_transit:
             logger.warning("SMS to %s: Twilio's answer was lost in transit (%s); sending it again: a second SMS "
-                           "beats none", masked(message.recipient), result.reason)
+                           "beats none", masked_number(message.recipient), result.reason)
         if now >= message.due_at + give_up_seconds:
             self._finish(message, now, SMS_FAILED, f"gave up after {message.attempts} attempt(s) over "
                          f"{now - message.due_at:.0f} s (SMS_GIVE_UP_SECONDS): {result.reason}", "gave_up",
@@ -428,7 +432,7 @@ class Escalation:
         delay = retry_delay_seconds(message.attempts, result.retry_after_seconds)
         if result.outcome is SmsOutcome.TRANSIENT:
             self.metrics.sms.labels("retried").inc()
-            logger.warning("SMS to %s not sent (%s); retrying in %.0f s", masked(message.recipient),
+            logger.warning("SMS to %s not sent (%s); retrying in %.0f s", masked_number(message.recipient),
                            result.reason or result.code or result.http_status, delay)
         next_attempt = self._within_hours(message, now + delay)
         self.store.save_sms([dataclasses.replace(
@@ -442,7 +446,7 @@ class Escalation:
         self.store.save_sms([dataclasses.replace(message, status=status, reason=reason, updated_at=now,
                                                  error_code=code if code is not None else message.error_code)])
         self.metrics.sms.labels(outcome).inc()
-        logger.log(level, "SMS %s to %s for %s: %s", status.replace("_", " "), masked(message.recipient),
+        logger.log(level, "SMS %s to %s for %s: %s", status.replace("_", " "), masked_number(message.recipient),
                    _names(message.alerts) if message.alerts else message.kind, reason)
 
     def _warn_once(self, key: str, text: str, *args) -> None:
@@ -459,7 +463,7 @@ class Escalation:
             "queued", "sent", "delivered", "undelivered", "failed") else "other").inc()
         if status in ("undelivered", "failed"):
             logger.error("SMS %s to %s was not delivered: Twilio says %s (error %s)", sid,
-                         masked(message.recipient) if message else "an unknown recipient", status, error_code)
+                         masked_number(message.recipient) if message else "an unknown recipient", status, error_code)
         return message
 
     def send_test(self, recipient: str, body: str) -> SmsResult:

@@ -767,11 +767,14 @@ class RedisStore:
             text = text.replace(secret, "<redacted>")
         return text
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self._where}: the store is closed")
+
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         """Every failure as a StoreError naming host:port only (never the URL, never the password)."""
-        if self._closed:
-            raise StoreError(f"{self._where}: the store is closed")
+        self._check_open()
         try:
             yield
         except StoreError:
@@ -796,8 +799,7 @@ class RedisStore:
     @contextlib.contextmanager
     def _records(self) -> Iterator[None]:
         """Building a call's arguments: what cannot be stored is refused before anything is sent."""
-        if self._closed:
-            raise StoreError(f"{self._where}: the store is closed")
+        self._check_open()
         try:
             yield
         except (TypeError, ValueError) as error:

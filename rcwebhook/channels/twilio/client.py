@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import enum
-import json
 import math
 import re
 import time
@@ -27,9 +26,9 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from ...bounded_http import AnswerTooLarge, DeadlineExceeded, WatchedAdapter, bounded_post
-from ...client import describe_exception
+from ...client import describe_exception, parse_json
 from ...redact import Redactor
-from ...safetext import clean_text, cut_chars, one_line
+from ...safetext import clean_text, cut_chars, masked_number, one_line
 from .segments import MAX_BODY_CHARS, body_length
 
 DEFAULT_API_URL = "https://api.twilio.com"
@@ -40,7 +39,6 @@ TOTAL_TIMEOUT_SECONDS = 10.0
 # A Message resource's JSON is about 1 KiB; an answer far larger is not Twilio's.
 MAX_ANSWER_BYTES = 256 * 1024
 REASON_MAX_CHARS = 300
-MASK = "…"
 
 
 class SmsOutcome(enum.Enum):
@@ -90,11 +88,6 @@ _BARE_NUMBER_IN_TEXT = re.compile(r"(?<![\w+.])\d{7,15}(?![\w])")
 _SID = re.compile(r"[A-Za-z]{2}[A-Za-z0-9]{1,62}")
 
 
-def masked_number(number: str) -> str:
-    """The only way a phone number may be shown: "…" and its last three digits ("+15551234567" → "…567")."""
-    return MASK + re.sub(r"\D", "", number)[-3:]
-
-
 def mask_numbers(text: str) -> str:
     """The text with every phone-number-like run replaced by its masked form."""
     text = _E164_IN_TEXT.sub(lambda match: masked_number(match.group()), text)
@@ -139,16 +132,6 @@ class SmsResult:
     lost_in_transit: bool = False
     retry_after_seconds: float | None = None  # from Retry-After on 429/503
     elapsed_ms: float = 0.0
-
-
-_NOT_JSON = object()
-
-
-def _parse_json(body_text: str) -> object:
-    try:
-        return json.loads(body_text)
-    except (ValueError, RecursionError):
-        return _NOT_JSON
 
 
 def _int_or_none(value: object) -> int | None:
@@ -196,7 +179,7 @@ def _outcome_by_status(status: int) -> SmsOutcome:
 
 def _classify(status: int, headers: Mapping[str, str], body_text: str, now_epoch_seconds: float) -> SmsResult:
     """One answer classified; its reason is Twilio's raw text, which the client redacts and masks."""
-    parsed = _parse_json(body_text)
+    parsed = parse_json(body_text)
     is_twilio_json = isinstance(parsed, dict)  # Twilio answers every call with a JSON object
     document = parsed if isinstance(parsed, dict) else {}
     if 200 <= status < 300:
