@@ -53,7 +53,8 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # tests/ (a namespace package) holds the process helpers shared with the tests
 from tests.helpers import (  # noqa: E402
-    GUNICORN_COMMAND, PYTHON, ManagedProcess, direct_session, free_port, relay_environ, wait_until_serving,
+    GUNICORN_COMMAND, PYTHON, ManagedProcess, direct_session, free_port, most_in_any_window, relay_environ,
+    wait_until_serving,
 )
 
 LOOPBACK = "127.0.0.1"
@@ -420,17 +421,6 @@ def percentile(values: list[float], share: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
-
-
-def most_in_any_window(moments: list[float], window_seconds: float) -> int:
-    """The most moments in any trailing window (t - window_seconds, t], t one of them."""
-    ordered = sorted(moments)
-    most, start = 0, 0
-    for end, moment in enumerate(ordered):
-        while ordered[start] <= moment - window_seconds:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def message_strings(message: dict) -> list[str]:

@@ -302,3 +302,28 @@ class Relay:
     def stop(self) -> int:
         self.http.close()
         return self.process.stop()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus' text format, 0.0 when absent."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        found = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if metric == name and found == wanted:
+            return float(value)
+    return 0.0
+
+
+def most_in_any_window(moments, window_seconds: float) -> int:
+    """The most moments in any trailing window (t - window_seconds, t], t one of them (posts against a budget)."""
+    ordered = sorted(moments)
+    most, start = 0, 0
+    for end, moment in enumerate(ordered):
+        while ordered[start] <= moment - window_seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most

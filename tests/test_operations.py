@@ -16,22 +16,9 @@ from rcwebhook.config import load_config
 from rcwebhook.logs import JsonFormatter, RequestIdFilter, request_id_var
 from rcwebhook.redact import Redactor
 from tests.conftest import BASE_ENVIRON, HOOK_URLS, REPO, RecordingClient
+from tests.helpers import metric_value
 
 TEST_ALERT = (REPO / "test-alert.json").read_text()
-
-
-def metric_value(text, name, **labels):
-    """The value of one sample in Prometheus' text format, 0.0 when absent."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        metric, _, label_text = series.partition("{")
-        found = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
-        if metric == name and found == wanted:
-            return float(value)
-    return 0.0
 
 
 def test_metrics_count_requests_alerts_and_posts_by_destination_name(client, fake_rocketchat):

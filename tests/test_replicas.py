@@ -30,7 +30,7 @@ import requests
 
 from tests.helpers import (
     DEV_SERVER_COMMAND, GUNICORN_COMMAND, REPO, ManagedProcess, closed_port, direct_session, free_port,
-    relay_environ, run_to_exit, wait_until, wait_until_serving,
+    most_in_any_window, relay_environ, run_to_exit, wait_until, wait_until_serving,
 )
 from tests.redis_server import redis_factory_fixture, redis_fixture
 from tests.test_storm import group_body, group_instances, messages_naming
@@ -229,17 +229,6 @@ def resend_until_answered(replicas: Sequence[Replica], bodies: Sequence[bytes], 
         return {}
     with concurrent.futures.ThreadPoolExecutor(len(again)) as pool:
         return dict(zip(again, pool.map(resend, again)))
-
-
-def most_in_any_window(times: Sequence[float], window_seconds: float) -> int:
-    """The most moments in any trailing window (t - window, t]."""
-    ordered = sorted(times)
-    most, start = 0, 0
-    for end, moment in enumerate(ordered):
-        while ordered[start] <= moment - window_seconds:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def arrival_times(mock: MockRocketChat, hook: str = "critical") -> list[float]:

@@ -23,7 +23,7 @@ from werkzeug.serving import make_server
 
 from rcwebhook.app import create_app, shutdown
 from tests.helpers import (
-    DEV_SERVER_COMMAND, REPO, Relay, closed_port, direct_session, free_port, relay_environ, wait_until,
+    DEV_SERVER_COMMAND, REPO, Relay, closed_port, direct_session, free_port, metric_value, relay_environ, wait_until,
 )
 
 sys.path.insert(0, str(REPO))
@@ -200,18 +200,6 @@ def sends_to(mock: MockRocketChat, number: str) -> list[dict]:
     """Every request the mock Twilio read to send to number, refused ones too (an injected fault answers before the
     form is read)."""
     return [attempt for attempt in mock.twilio.requests if (attempt["params"] or {}).get("To") == number]
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        metric, _, label_text = series.partition("{")
-        if metric == name and ",".join(sorted(filter(None, label_text.rstrip("}").split(",")))) == wanted:
-            return float(value)
-    return 0.0
 
 
 # -- one SMS per occurrence and recipient --
@@ -564,7 +552,6 @@ def test_a_routes_files_sms_destination_pages_its_own_teams_recipients(mock, rel
     mock.twilio.wait_for_sms(3, WAIT_SECONDS)
     assert sorted(message["to"] for message in mock.twilio.messages()) == [ALICE, BOB, CAROL]
     assert len(mock.twilio.messages(to=ALICE)) == 1
-
 
 
 def test_sms_that_cannot_be_scheduled_are_answered_503_so_alertmanager_retries(mock, relays):
